@@ -1,0 +1,275 @@
+// Package sysfstest writes fake sysfs trees that mirror the layout of a real
+// kernel's (checked against a 6.1 snapshot, see sysfs/sample): device
+// directories nested under their bridges in /sys/devices, relative symlinks
+// in /sys/bus/pci/{devices,drivers}, /sys/kernel/iommu_groups, physfn and
+// virtfnN links, driver links, net/ directories, and /dev/vfio nodes (as
+// regular files). Synthetic parts: no binary attributes, no power/ or
+// msi_irqs/, netdevs under net/ carry only operstate, carrier, type and
+// address.
+//
+// It is test support, used by tests of several packages and by the lab
+// tooling; production code never imports it.
+package sysfstest
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Function describes one PCI function to write.
+type Function struct {
+	Addr           string // "0000:3b:02.1"
+	Vendor, Device string // "8086", "154c"
+	SubVendor      string // defaults to Vendor
+	SubDevice      string // defaults to Device
+	Class          string // "020000"; defaults to "020000" (Ethernet)
+	Driver         string // "" for none
+	DriverOverride string
+	NUMA           int    // written as is; use -1 for none
+	Group          string // IOMMU group; "" for no group
+	Parent         string // address of the bridge above, "" for the root bus
+	Netdevs        []Netdev
+	// PF-only: SR-IOV capability. TotalVFs > 0 marks a PF.
+	TotalVFs  int
+	Autoprobe bool
+	// VF-only: the PF address; set by AddPF.
+	physfn  string
+	virtfns []string
+}
+
+// Netdev is a netdev under a function's net/ directory.
+type Netdev struct {
+	Name      string
+	OperState string // "up" or "down"
+	Carrier   bool
+	Type      int // ARPHRD: 1 ether, 32 infiniband; 0 means 1
+}
+
+// Builder accumulates functions and writes them under Dir.
+type Builder struct {
+	Dir   string // the fixture root; the tree is Dir/sys and Dir/dev
+	funcs map[string]*Function
+}
+
+// New returns a builder for a tree rooted at dir.
+func New(dir string) *Builder { return &Builder{Dir: dir, funcs: map[string]*Function{}} }
+
+// Add adds a function (a bridge, an endpoint, a PF without VFs).
+func (b *Builder) Add(f Function) *Builder {
+	c := f
+	b.funcs[f.Addr] = &c
+	return b
+}
+
+// AddPF adds a PF and its VFs. The VFs inherit the PF's parent and get
+// physfn links; the PF gets virtfnN links in the order given, sriov_numvfs
+// = len(vfs) and sriov_totalvfs = pf.TotalVFs (at least len(vfs)).
+func (b *Builder) AddPF(pf Function, vfs ...Function) *Builder {
+	if pf.TotalVFs < len(vfs) {
+		pf.TotalVFs = len(vfs)
+	}
+	if pf.TotalVFs == 0 {
+		pf.TotalVFs = 1
+	}
+	for _, vf := range vfs {
+		vf.physfn = pf.Addr
+		vf.Parent = pf.Parent
+		pf.virtfns = append(pf.virtfns, vf.Addr)
+		b.Add(vf)
+	}
+	return b.Add(pf)
+}
+
+// Root paths of the written tree.
+func (b *Builder) Sys() string { return filepath.Join(b.Dir, "sys") }
+func (b *Builder) Dev() string { return filepath.Join(b.Dir, "dev") }
+
+// devPath is the canonical directory of a function relative to Sys.
+func (b *Builder) devPath(addr string) string {
+	f := b.funcs[addr]
+	if f == nil || f.Parent == "" {
+		domain, _, _ := strings.Cut(addr, ":")
+		return filepath.Join("devices", "pci"+domain+":00", addr)
+	}
+	return filepath.Join(b.devPath(f.Parent), addr)
+}
+
+// Write creates the tree. It may be called once per Builder.
+func (b *Builder) Write() error {
+	w := &writer{sys: b.Sys()}
+	for _, d := range []string{"bus/pci/devices", "bus/pci/drivers", "kernel/iommu_groups", "class/net", "devices/system/node/node0"} {
+		w.mkdir(d)
+	}
+	w.file("bus/pci/drivers_probe", "", 0o200)
+	w.file("bus/pci/drivers_autoprobe", "1", 0o644)
+	w.mkdir(filepath.Join("..", "dev", "vfio"))
+	w.file(filepath.Join("..", "dev", "vfio", "vfio"), "", 0o666)
+
+	addrs := make([]string, 0, len(b.funcs))
+	for a := range b.funcs {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	for _, a := range addrs {
+		b.writeFunction(w, b.funcs[a])
+		if w.err != nil {
+			return w.err
+		}
+	}
+	return w.err
+}
+
+func (b *Builder) writeFunction(w *writer, f *Function) {
+	p := b.devPath(f.Addr)
+	cls := f.Class
+	if cls == "" {
+		cls = "020000"
+	}
+	subV, subD := f.SubVendor, f.SubDevice
+	if subV == "" {
+		subV = f.Vendor
+	}
+	if subD == "" {
+		subD = f.Device
+	}
+	w.mkdir(p)
+	ue := fmt.Sprintf("PCI_CLASS=%s\nPCI_ID=%s:%s\nPCI_SUBSYS_ID=%s:%s\nPCI_SLOT_NAME=%s\nMODALIAS=pci:v0000%sd0000%ssv0000%ssd0000%sbc%ssc%si%s\n",
+		strings.TrimLeft(strings.ToUpper(cls), "0"), strings.ToUpper(f.Vendor), strings.ToUpper(f.Device),
+		strings.ToUpper(subV), strings.ToUpper(subD), f.Addr,
+		strings.ToUpper(f.Vendor), strings.ToUpper(f.Device), strings.ToUpper(subV), strings.ToUpper(subD), cls[0:2], cls[2:4], cls[4:6])
+	if f.Driver != "" {
+		ue = "DRIVER=" + f.Driver + "\n" + ue
+	}
+	w.file(filepath.Join(p, "uevent"), ue, 0o644)
+	w.file(filepath.Join(p, "vendor"), "0x"+f.Vendor, 0o444)
+	w.file(filepath.Join(p, "device"), "0x"+f.Device, 0o444)
+	w.file(filepath.Join(p, "subsystem_vendor"), "0x"+subV, 0o444)
+	w.file(filepath.Join(p, "subsystem_device"), "0x"+subD, 0o444)
+	w.file(filepath.Join(p, "class"), "0x"+cls, 0o444)
+	w.file(filepath.Join(p, "numa_node"), strconv.Itoa(f.NUMA), 0o644)
+	ovr := f.DriverOverride
+	if ovr == "" {
+		ovr = "(null)"
+	}
+	w.file(filepath.Join(p, "driver_override"), ovr, 0o644)
+	w.file(filepath.Join(p, "reset"), "", 0o200)
+	w.file(filepath.Join(p, "remove"), "", 0o220)
+	w.link(filepath.Join(p, "subsystem"), "bus/pci")
+	w.link(filepath.Join("bus/pci/devices", f.Addr), p)
+
+	if f.Group != "" {
+		g := filepath.Join("kernel/iommu_groups", f.Group)
+		w.mkdir(filepath.Join(g, "devices"))
+		w.file(filepath.Join(g, "type"), "identity", 0o644)
+		w.file(filepath.Join(g, "reserved_regions"), "0x00000000fee00000 0x00000000feefffff msi", 0o444)
+		w.link(filepath.Join(g, "devices", f.Addr), p)
+		w.link(filepath.Join(p, "iommu_group"), g)
+	}
+	if f.Driver != "" {
+		writeDriverLink(w, p, f.Addr, f.Driver)
+		if f.Driver == "vfio-pci" && f.Group != "" {
+			w.file(filepath.Join("..", "dev", "vfio", f.Group), "", 0o600)
+			w.mkdir(filepath.Join(p, "vfio-dev", "vfio0"))
+		}
+	}
+	if f.physfn != "" {
+		w.link(filepath.Join(p, "physfn"), b.devPath(f.physfn))
+	}
+	if f.TotalVFs > 0 {
+		w.file(filepath.Join(p, "sriov_totalvfs"), strconv.Itoa(f.TotalVFs), 0o444)
+		w.file(filepath.Join(p, "sriov_numvfs"), strconv.Itoa(len(f.virtfns)), 0o644)
+		w.file(filepath.Join(p, "sriov_offset"), "1", 0o444)
+		w.file(filepath.Join(p, "sriov_stride"), "1", 0o444)
+		auto := "0"
+		if f.Autoprobe {
+			auto = "1"
+		}
+		w.file(filepath.Join(p, "sriov_drivers_autoprobe"), auto, 0o644)
+		for i, vf := range f.virtfns {
+			w.link(filepath.Join(p, "virtfn"+strconv.Itoa(i)), b.devPath(vf))
+		}
+	}
+	for _, n := range f.Netdevs {
+		nd := filepath.Join(p, "net", n.Name)
+		w.mkdir(nd)
+		state := n.OperState
+		if state == "" {
+			state = "down"
+		}
+		w.file(filepath.Join(nd, "operstate"), state, 0o444)
+		carrier := "0"
+		if n.Carrier {
+			carrier = "1"
+		}
+		w.file(filepath.Join(nd, "carrier"), carrier, 0o644)
+		typ := n.Type
+		if typ == 0 {
+			typ = 1
+		}
+		w.file(filepath.Join(nd, "type"), strconv.Itoa(typ), 0o444)
+		w.link(filepath.Join("class/net", n.Name), nd)
+	}
+}
+
+// writeDriverLink binds addr to driver in the tree the way the kernel shows
+// it: the device's driver link and the driver's link back.
+func writeDriverLink(w *writer, devPath, addr, driver string) {
+	d := filepath.Join("bus/pci/drivers", driver)
+	w.mkdir(d)
+	for _, f := range []string{"bind", "unbind", "new_id", "remove_id"} {
+		w.file(filepath.Join(d, f), "", 0o200)
+	}
+	w.link(filepath.Join(d, addr), devPath)
+	w.link(filepath.Join(devPath, "driver"), d)
+}
+
+// writer writes relative to sys and remembers the first error.
+type writer struct {
+	sys string
+	err error
+}
+
+func (w *writer) mkdir(rel string) {
+	if w.err == nil {
+		w.err = os.MkdirAll(filepath.Join(w.sys, rel), 0o755)
+	}
+}
+
+func (w *writer) file(rel, content string, mode os.FileMode) {
+	if w.err != nil {
+		return
+	}
+	p := filepath.Join(w.sys, rel)
+	if w.err = os.MkdirAll(filepath.Dir(p), 0o755); w.err != nil {
+		return
+	}
+	if content != "" {
+		content += "\n"
+	}
+	// Owner-writable so tests can mutate the tree; the kernel's modes are
+	// kept otherwise.
+	w.err = os.WriteFile(p, []byte(content), mode|0o200)
+}
+
+// link makes rel a relative symlink to target (both relative to sys), as
+// the kernel does.
+func (w *writer) link(rel, target string) {
+	if w.err != nil {
+		return
+	}
+	p := filepath.Join(w.sys, rel)
+	t, err := filepath.Rel(filepath.Dir(p), filepath.Join(w.sys, target))
+	if err != nil {
+		w.err = err
+		return
+	}
+	if w.err = os.MkdirAll(filepath.Dir(p), 0o755); w.err != nil {
+		return
+	}
+	_ = os.Remove(p)
+	w.err = os.Symlink(t, p)
+}

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the e2e-kernel guest: mount the pseudo filesystems, load the module
 # closure, run the guest driver, power off. The guest driver prints the
 # "E2E ..." result lines and the "E2E END" marker; a missing marker means the
@@ -19,6 +20,7 @@ while read -r m; do
 		grep -q 'File exists' /tmp/insmod.err || echo "E2E INFO insmod ${m}: $(cat /tmp/insmod.err)"
 	fi
 done </etc/e2e-modules
+ip link set lo up
 # The kernel's request_module() helper (busybox modprobe reads modules.dep).
 echo /sbin/modprobe >/proc/sys/kernel/modprobe
 

@@ -15,6 +15,8 @@
 #   E2E_TIMEOUT  overall QEMU timeout in seconds (default 600).
 #   E2E_ONLY     comma-separated scenario names to run (default: all).
 #   E2E_SMP      guest CPUs (default 2).
+#   E2E_CLI      a prebuilt static sriov-cdi binary to test instead of building
+#                ./cmd/sriov-cdi (e.g. a release artifact).
 set -euo pipefail
 
 KVER=6.1.0-56-amd64
@@ -76,6 +78,7 @@ extract_vmlinux() {
 build_kernel_cache() {
 	local tmp pkgdir stage
 	tmp=$(mktemp -d "${CACHE}/.build.XXXXXX")
+	chmod 0755 "${tmp}" # apt-get download runs as _apt
 	pkgdir=${tmp}/pkg
 	stage=${tmp}/initramfs
 	log "preparing kernel ${KVER} in ${KCACHE} (one time)"
@@ -135,7 +138,9 @@ mkdir -p "${extra}/e2e"
 	cd "${REPO}"
 	export CGO_ENABLED=0
 	"${GO}" build -trimpath -o "${extra}/e2e/guest" ./e2e/kernel/guest
-	if [[ -d ${REPO}/cmd/sriov-cdi ]] && compgen -G "${REPO}/cmd/sriov-cdi/*.go" >/dev/null; then
+	if [[ -n ${E2E_CLI:-} ]]; then
+		install -m 0755 "${E2E_CLI}" "${extra}/e2e/sriov-cdi"
+	elif [[ -d ${REPO}/cmd/sriov-cdi ]] && compgen -G "${REPO}/cmd/sriov-cdi/*.go" >/dev/null; then
 		if ! "${GO}" build -trimpath -o "${extra}/e2e/sriov-cdi" ./cmd/sriov-cdi 2>"${OUT}/cli-build.log"; then
 			log "warning: ./cmd/sriov-cdi does not build; CLI scenarios will SKIP (see ${OUT}/cli-build.log)"
 			sed 's/^/  /' "${OUT}/cli-build.log" | tail -n 20 >&2
@@ -160,21 +165,22 @@ log "binaries and initramfs ready ($(elapsed))"
 #   e2e-nvme   ACS root port rp2, 4 VFs: brought online, owned by the nvme driver.
 #   e2e-shared root port rp3 with disable-acs=on: root port + PF + VFs share one
 #              IOMMU group, so a vfio pool over its VFs must be refused.
-nvme_pf() { # id bus serial maxvfs
-	local id=$1 bus=$2 serial=$3 n=$4
-	printf -- '-device nvme-subsys,id=ss%s,nqn=e2e-%s ' "${id}" "${serial}"
-	printf -- '-device nvme,id=%s,bus=%s,serial=%s,subsys=ss%s,sriov_max_vfs=%d,sriov_vq_flexible=%d,sriov_vi_flexible=%d,max_ioqpairs=%d,msix_qsize=%d ' \
-		"${id}" "${bus}" "${serial}" "${id}" "${n}" "$((2 * n))" "${n}" "$((2 * n + 2))" "$((n + 1))"
+devices=()
+add_pf() { # root-port-id chassis acs(on|off) pf-id serial max-vfs
+	local rp=$1 chassis=$2 acs=$3 id=$4 serial=$5 n=$6
+	local port="pcie-root-port,id=${rp},bus=pcie.0,chassis=${chassis},slot=${chassis}"
+	[[ ${acs} == on ]] || port+=",disable-acs=on"
+	# QEMU's rules: vq_flexible >= 2N, vi_flexible >= N,
+	# max_ioqpairs - vq_flexible >= 2, msix_qsize - vi_flexible >= 1.
+	devices+=(
+		-device "${port}"
+		-device "nvme-subsys,id=ss${id},nqn=e2e-${serial}"
+		-device "nvme,id=${id},bus=${rp},serial=${serial},subsys=ss${id},sriov_max_vfs=${n},sriov_vq_flexible=$((2 * n)),sriov_vi_flexible=${n},max_ioqpairs=$((2 * n + 2)),msix_qsize=$((n + 1))"
+	)
 }
-# shellcheck disable=SC2207 # the words are generated above, no globbing chars
-devices=(
-	-device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1
-	$(nvme_pf pf1 rp1 e2e-vfio 7)
-	-device pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2
-	$(nvme_pf pf2 rp2 e2e-nvme 4)
-	-device pcie-root-port,id=rp3,bus=pcie.0,chassis=3,slot=3,disable-acs=on
-	$(nvme_pf pf3 rp3 e2e-shared 2)
-)
+add_pf rp1 1 on pf1 e2e-vfio 7
+add_pf rp2 2 on pf2 e2e-nvme 4
+add_pf rp3 3 off pf3 e2e-shared 2
 
 serial_log=${OUT}/serial.log
 rm -f "${serial_log}"

@@ -112,6 +112,9 @@ func newEnv(t *testing.T) *env {
 	}
 	t.Cleanup(func() { klogFile.Close() })
 	e.logger = textlogger.NewLogger(textlogger.NewConfig(textlogger.Verbosity(4), textlogger.Output(klogFile)))
+	// The registration server logs through klog's global logger too.
+	klog.SetLoggerWithOptions(e.logger, klog.ContextualLogger(true))
+	t.Cleanup(klog.ClearLogger)
 	// Registered first, runs last: logs are printed after everything stopped.
 	t.Cleanup(e.dumpLogs)
 	return e

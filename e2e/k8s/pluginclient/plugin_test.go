@@ -313,10 +313,11 @@ func deviceIDs(devs []*api.Device) []string {
 	return ids
 }
 
-// envSuffix is the resource name as the SR-IOV device plugin and KubeVirt
-// put it in env names: upper case, '.', '/' and '-' as '_'.
+// envSuffix is the resource name as KubeVirt (ResourceNameToEnvVar) and the
+// SR-IOV device plugin put it in env names: upper case, '.' and '/' as '_'.
+// A '-' stays: "sriov-cdi.io/vf" gives PCIDEVICE_SRIOV-CDI_IO_VF.
 func envSuffix(resource string) string {
-	return strings.ToUpper(strings.NewReplacer(".", "_", "/", "_", "-", "_").Replace(resource))
+	return strings.ToUpper(strings.NewReplacer(".", "_", "/", "_").Replace(resource))
 }
 
 // cdiDevice is what the tests check of one CDI device.

@@ -65,14 +65,14 @@ func (k *fakeKubelet) stop() {
 // Register is kubelet's side of plugin registration. Like kubelet it checks
 // the version and dials the plugin's endpoint before answering.
 func (k *fakeKubelet) Register(ctx context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
-	k.t.Logf("kubelet: Register version=%s endpoint=%s resource=%s options=%v", r.Version, r.Endpoint, r.ResourceName, r.Options)
+	k.logf("kubelet: Register version=%s endpoint=%s resource=%s options=%v", r.Version, r.Endpoint, r.ResourceName, r.Options)
 	if r.Version != pluginapi.Version {
 		return nil, fmt.Errorf("unsupported version %q", r.Version)
 	}
 	if strings.Contains(r.Endpoint, "/") {
 		return nil, fmt.Errorf("endpoint %q must be a bare socket name in %s", r.Endpoint, k.dir)
 	}
-	ep, err := dialEndpoint(k.t, r.ResourceName, filepath.Join(k.dir, r.Endpoint))
+	ep, err := dialEndpoint(k.logf, r.ResourceName, filepath.Join(k.dir, r.Endpoint))
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +138,14 @@ type lwUpdate struct {
 	devices []*pluginapi.Device
 }
 
-func dialEndpoint(t *T, resource, socket string) (*endpoint, error) {
+func (k *fakeKubelet) logf(format string, args ...any) {
+	k.mu.Lock()
+	t := k.t
+	k.mu.Unlock()
+	t.Logf(format, args...)
+}
+
+func dialEndpoint(logf func(string, ...any), resource, socket string) (*endpoint, error) {
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", socket, err)
@@ -174,7 +181,7 @@ func dialEndpoint(t *T, resource, socket string) (*endpoint, error) {
 			if err != nil {
 				return
 			}
-			t.Logf("kubelet: ListAndWatch %s: %s", resource, fmtDevices(r.Devices))
+			logf("kubelet: ListAndWatch %s: %s", resource, fmtDevices(r.Devices))
 		}
 	}()
 	return ep, nil
@@ -230,6 +237,13 @@ func (ep *endpoint) waitDevices(since time.Time, timeout time.Duration, cond fun
 			return lwUpdate{}, fmt.Errorf("ListAndWatch %s: no matching update within %s (last: %s)", ep.resource, timeout, last)
 		}
 	}
+}
+
+// received reports whether ListAndWatch sent at least one list.
+func (ep *endpoint) received() bool {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	return len(ep.updates) > 0
 }
 
 func (ep *endpoint) latest() []*pluginapi.Device {

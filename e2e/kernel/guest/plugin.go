@@ -22,6 +22,9 @@ type pool struct {
 	rootDevices  []string
 	pciAddresses []string
 	drivers      []string
+	// allowUnbindFrom: drivers a vfio pool may take a VF from. The
+	// product's default list leaves out storage drivers such as nvme.
+	allowUnbindFrom []string
 }
 
 const resourcePrefix = "sriov-cdi.io"
@@ -40,7 +43,11 @@ func configYAML(pools ...pool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "resourcePrefix: %s\npools:\n", resourcePrefix)
 	for _, p := range pools {
-		fmt.Fprintf(&b, "- name: %s\n  mode: %s\n  selectors:\n", p.name, p.mode)
+		fmt.Fprintf(&b, "- name: %s\n  mode: %s\n", p.name, p.mode)
+		if len(p.allowUnbindFrom) > 0 {
+			fmt.Fprintf(&b, "  allowUnbindFrom: %s\n", yamlList(p.allowUnbindFrom))
+		}
+		b.WriteString("  selectors:\n")
 		for _, s := range []struct {
 			key  string
 			vals []string
@@ -66,11 +73,23 @@ type pluginEnv struct {
 	kubelet   *fakeKubelet
 	port      int
 	runs      int
+	shared    bool
+}
+
+// use hands a shared env to the next scenario (for logging).
+func (e *pluginEnv) use(t *T) {
+	e.t = t
+	e.kubelet.mu.Lock()
+	e.kubelet.t = t
+	e.kubelet.mu.Unlock()
 }
 
 var nextHealthPort = 18080
 
-func (h *harness) newPluginEnv(t *T, pools ...pool) (*pluginEnv, error) {
+// newPluginEnv prepares directories, config and a fake kubelet. A shared
+// env outlives the scenario that created it (its owner stops it); otherwise
+// it is torn down with the scenario.
+func (h *harness) newPluginEnv(t *T, shared bool, pools ...pool) (*pluginEnv, error) {
 	dir := filepath.Join(h.work, t.name)
 	_ = os.RemoveAll(dir)
 	e := &pluginEnv{t: t, h: h, dir: dir, dpDir: filepath.Join(dir, "device-plugins"), cdiDir: filepath.Join(dir, "cdi"),
@@ -91,7 +110,10 @@ func (h *harness) newPluginEnv(t *T, pools ...pool) (*pluginEnv, error) {
 		return nil, err
 	}
 	e.kubelet = k
-	t.Cleanup(k.stop)
+	e.shared = shared
+	if !shared {
+		t.Cleanup(k.stop)
+	}
 	return e, nil
 }
 
@@ -135,7 +157,9 @@ func (e *pluginEnv) start(extraEnv ...string) (*pluginProc, error) {
 		lf.Close()
 		close(p.done)
 	}()
-	e.t.Cleanup(func() { p.stop() })
+	if !e.shared {
+		e.t.Cleanup(func() { _ = p.stop() })
+	}
 	return p, nil
 }
 

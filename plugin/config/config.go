@@ -1,0 +1,387 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+)
+
+// Mode says how a pool hands out its devices.
+type Mode string
+
+const (
+	// ModeVFIO hands devices out bound to vfio-pci; the plugin binds them.
+	ModeVFIO Mode = "vfio"
+	// ModeKernel hands devices out with the driver they have; the plugin
+	// never writes a driver attribute for such a pool.
+	ModeKernel Mode = "kernel"
+)
+
+// BindAt says when a vfio pool binds its devices.
+type BindAt string
+
+const (
+	BindAtAllocate BindAt = "allocate" // in Allocate, before returning
+	BindAtStartup  BindAt = "startup"  // when the pool starts
+)
+
+// Policy orders preferred allocations.
+type Policy string
+
+const (
+	PolicySpread Policy = "spread" // across PFs
+	PolicyPack   Policy = "pack"   // fill one PF first
+)
+
+// DefaultResourcePrefix is the resource (and CDI vendor) prefix when none is set.
+const DefaultResourcePrefix = "sriov-cdi.io"
+
+// DefaultAllowUnbindFrom lists the drivers a vfio pool may take a function
+// away from unless the pool says otherwise: the VF drivers of common NICs
+// and accelerators. Storage and host-controller drivers are deliberately
+// absent.
+var DefaultAllowUnbindFrom = []string{
+	"iavf", "i40evf", "ixgbevf", "igbvf", "ice", "i40e", "ixgbe", "mlx5_core", "mlx4_core",
+	"bnxt_en", "qede", "qat_4xxx", "qat_c62x", "4xxx", "c6xxvf", "virtio-pci",
+}
+
+// Config is the whole configuration.
+type Config struct {
+	// ResourcePrefix is the vendor part of every resource name and CDI
+	// kind, e.g. "sriov-cdi.io" in "sriov-cdi.io/nvme-vf".
+	ResourcePrefix string `json:"resourcePrefix,omitempty"`
+	Pools          []Pool `json:"pools"`
+
+	// Source is where the config came from, for messages.
+	Source string `json:"-"`
+	// Legacy is true when the input was an SR-IOV network device plugin
+	// config.
+	Legacy bool `json:"-"`
+}
+
+// Pool is one resource.
+type Pool struct {
+	Name string `json:"name"`
+	// ResourcePrefix overrides Config.ResourcePrefix for this pool.
+	ResourcePrefix string `json:"resourcePrefix,omitempty"`
+	Mode           Mode   `json:"mode,omitempty"`
+	// BindAt: "allocate" (default) or "startup"; vfio pools only.
+	BindAt BindAt `json:"bindAt,omitempty"`
+	// AllocationPolicy: "spread" (default) or "pack".
+	AllocationPolicy Policy `json:"allocationPolicy,omitempty"`
+	// AllowUnbindFrom lists drivers a vfio pool may unbind; vfio only.
+	AllowUnbindFrom []string `json:"allowUnbindFrom,omitempty"`
+	// RestoreOnRelease returns released devices to their original driver.
+	RestoreOnRelease bool `json:"restoreOnRelease,omitempty"`
+	// DeviceNodes also returns plain device nodes in Allocate for
+	// runtimes without CDI.
+	DeviceNodes bool `json:"deviceNodes,omitempty"`
+	// CDIAnnotations also returns cdi.k8s.io/* annotations in Allocate for
+	// runtimes that only read annotations.
+	CDIAnnotations bool `json:"cdiAnnotations,omitempty"`
+	// Selectors: a device belongs to the pool when it matches any one of
+	// them. Written as one object or a list of objects.
+	Selectors SelectorList `json:"selectors"`
+}
+
+// Selector matches devices; every field that is set must match (within a
+// field, any value may match).
+type Selector struct {
+	Vendors      []string `json:"vendors,omitempty"`      // "8086"
+	Devices      []string `json:"devices,omitempty"`      // "154c"
+	Drivers      []string `json:"drivers,omitempty"`      // current driver
+	PFNames      []string `json:"pfNames,omitempty"`      // "ens1f0" or "ens1f0#0,2-7"
+	RootDevices  []string `json:"rootDevices,omitempty"`  // PF address, optional "#ranges"
+	PCIAddresses []string `json:"pciAddresses,omitempty"` // exact functions
+	LinkTypes    []string `json:"linkTypes,omitempty"`    // "ether", "infiniband"
+	NUMANodes    []int    `json:"numaNodes,omitempty"`    // -1 matches "no NUMA node"
+	// ExcludeAddresses removes functions that the other fields match.
+	ExcludeAddresses []string `json:"excludeAddresses,omitempty"`
+}
+
+// SelectorList accepts one selector object or a list of them.
+type SelectorList []Selector
+
+// UnmarshalJSON implements json.Unmarshaler, strictly.
+func (s *SelectorList) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '[' {
+		var list []Selector
+		if err := strictJSON(b, &list); err != nil {
+			return err
+		}
+		*s = list
+		return nil
+	}
+	var one Selector
+	if err := strictJSON(b, &one); err != nil {
+		return err
+	}
+	*s = SelectorList{one}
+	return nil
+}
+
+func strictJSON(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// Resource returns the pool's resource name, which is also its CDI kind.
+func (c *Config) Resource(p *Pool) string {
+	prefix := p.ResourcePrefix
+	if prefix == "" {
+		prefix = c.ResourcePrefix
+	}
+	return prefix + "/" + p.Name
+}
+
+// Load reads and validates a config file.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, b)
+}
+
+// Parse decodes, defaults and validates a config; source names it in errors.
+// Input with a top-level "resourceList" is read as an SR-IOV network device
+// plugin config.
+func Parse(source string, data []byte) (*Config, error) {
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %q: not valid YAML or JSON: %w", source, err)
+	}
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(js, &probe); err != nil {
+		return nil, fmt.Errorf("config %q: the top level must be an object with \"pools\" (or \"resourceList\"): %w", source, err)
+	}
+	var c *Config
+	if _, ok := probe["resourceList"]; ok {
+		if c, err = parseLegacy(source, js); err != nil {
+			return nil, err
+		}
+	} else {
+		c = &Config{}
+		if err := strictJSON(js, c); err != nil {
+			return nil, fmt.Errorf("config %q: %w", source, explainJSON(err))
+		}
+	}
+	c.Source = source
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// explainJSON turns encoding/json's messages into ones that name the field.
+func explainJSON(err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Errorf("field %q: got a JSON %s, want %s", te.Field, te.Value, te.Type)
+	}
+	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
+		return fmt.Errorf("unknown field %s (check spelling; see the config reference in README.md)", strings.TrimPrefix(msg, "json: unknown field "))
+	}
+	return err
+}
+
+func (c *Config) applyDefaults() {
+	if c.ResourcePrefix == "" {
+		c.ResourcePrefix = DefaultResourcePrefix
+	}
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		if p.Mode == "" {
+			p.Mode = ModeKernel
+		}
+		if p.AllocationPolicy == "" {
+			p.AllocationPolicy = PolicySpread
+		}
+		if p.Mode == ModeVFIO {
+			if p.BindAt == "" {
+				p.BindAt = BindAtAllocate
+			}
+			if p.AllowUnbindFrom == nil {
+				p.AllowUnbindFrom = append([]string(nil), DefaultAllowUnbindFrom...)
+			}
+		}
+	}
+}
+
+var (
+	poolNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$`)
+	prefixRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$`)
+	hex4RE     = regexp.MustCompile(`^[0-9a-fA-F]{4}$`)
+	driverRE   = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+)
+
+// Validate checks the defaulted config and reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	checkPrefix := func(field, v string) {
+		if !prefixRE.MatchString(v) || len(v) > 253 {
+			bad("%s: %q is not a DNS subdomain with a dot (e.g. \"example.com\"); it becomes the resource prefix and CDI vendor", field, v)
+		}
+	}
+	checkPrefix("resourcePrefix", c.ResourcePrefix)
+	if len(c.Pools) == 0 {
+		bad("pools: empty; add at least one pool with a name and selectors")
+	}
+	seen := map[string]int{}
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		at := fmt.Sprintf("pools[%d]", i)
+		if p.Name != "" {
+			at = fmt.Sprintf("pools[%d] (%q)", i, p.Name)
+		}
+		switch {
+		case p.Name == "":
+			bad("%s.name: missing; give the pool a name such as \"vf-vfio\" (the resource becomes <prefix>/<name>)", at)
+		case len(p.Name) > 63 || !poolNameRE.MatchString(p.Name):
+			bad("%s.name: %q must be 1-63 lower-case letters, digits, '-', '_' or '.', starting and ending with a letter or digit", at, p.Name)
+		}
+		if j, dup := seen[c.Resource(p)]; dup && p.Name != "" {
+			bad("%s.name: resource %q is already defined by pools[%d]; names must be unique", at, c.Resource(p), j)
+		}
+		seen[c.Resource(p)] = i
+		if p.ResourcePrefix != "" {
+			checkPrefix(at+".resourcePrefix", p.ResourcePrefix)
+		}
+		switch p.Mode {
+		case ModeVFIO, ModeKernel:
+		default:
+			bad("%s.mode: %q is not a mode; use \"vfio\" (bind to vfio-pci) or \"kernel\" (keep the current driver)", at, p.Mode)
+		}
+		switch p.AllocationPolicy {
+		case PolicySpread, PolicyPack:
+		default:
+			bad("%s.allocationPolicy: %q is not a policy; use \"spread\" or \"pack\"", at, p.AllocationPolicy)
+		}
+		if p.Mode == ModeKernel {
+			// Fail early: a kernel pool never touches a driver, so any
+			// binding option is a misunderstanding worth stopping on.
+			if p.BindAt != "" {
+				bad("%s.bindAt: only vfio pools bind; a kernel pool never changes drivers (remove bindAt or set mode: vfio)", at)
+			}
+			if len(p.AllowUnbindFrom) > 0 {
+				bad("%s.allowUnbindFrom: only vfio pools unbind; a kernel pool never changes drivers (remove it or set mode: vfio)", at)
+			}
+			if p.RestoreOnRelease {
+				bad("%s.restoreOnRelease: only vfio pools rebind; a kernel pool never changes drivers (remove it or set mode: vfio)", at)
+			}
+		}
+		if p.Mode == ModeVFIO {
+			switch p.BindAt {
+			case BindAtAllocate, BindAtStartup:
+			default:
+				bad("%s.bindAt: %q is not valid; use \"allocate\" or \"startup\"", at, p.BindAt)
+			}
+			for _, d := range p.AllowUnbindFrom {
+				if !driverRE.MatchString(d) {
+					bad("%s.allowUnbindFrom: %q is not a driver name", at, d)
+				}
+			}
+		}
+		if len(p.Selectors) == 0 {
+			bad("%s.selectors: missing; a pool without selectors would take every PCI function on the host (add e.g. vendors and devices, or pciAddresses)", at)
+		}
+		for j := range p.Selectors {
+			validateSelector(fmt.Sprintf("%s.selectors[%d]", at, j), &p.Selectors[j], bad)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return &ValidationError{Source: c.Source, Errs: errs}
+}
+
+func validateSelector(at string, s *Selector, bad func(string, ...any)) {
+	if s.empty() {
+		bad("%s: no field set; a selector must narrow the devices (vendors, devices, drivers, pfNames, rootDevices, pciAddresses, linkTypes or numaNodes)", at)
+	}
+	for _, v := range s.Vendors {
+		if !hex4RE.MatchString(v) {
+			bad("%s.vendors: %q is not a 4-digit hex vendor ID (e.g. \"8086\")", at, v)
+		}
+	}
+	for _, v := range s.Devices {
+		if !hex4RE.MatchString(v) {
+			bad("%s.devices: %q is not a 4-digit hex device ID (e.g. \"154c\")", at, v)
+		}
+	}
+	for _, v := range s.Drivers {
+		if !driverRE.MatchString(v) {
+			bad("%s.drivers: %q is not a driver name", at, v)
+		}
+	}
+	for _, v := range s.PFNames {
+		if _, _, err := splitNameRanges(v); err != nil {
+			bad("%s.pfNames: %v (want \"ens1f0\" or \"ens1f0#0,2-7\")", at, err)
+		}
+	}
+	for _, v := range s.RootDevices {
+		addr, _, err := splitNameRanges(v)
+		if err == nil {
+			_, err = sysfs.ParseAddress(addr)
+		}
+		if err != nil {
+			bad("%s.rootDevices: %v (want a PF address, optionally with VF ranges: \"0000:3b:00.0#0-3\")", at, err)
+		}
+	}
+	for _, list := range []struct {
+		field string
+		vals  []string
+	}{{"pciAddresses", s.PCIAddresses}, {"excludeAddresses", s.ExcludeAddresses}} {
+		for _, v := range list.vals {
+			if _, err := sysfs.ParseAddress(v); err != nil {
+				bad("%s.%s: %v", at, list.field, err)
+			}
+		}
+	}
+	for _, v := range s.LinkTypes {
+		if v == "" {
+			bad("%s.linkTypes: empty link type; use e.g. \"ether\" or \"infiniband\"", at)
+		}
+	}
+	for _, n := range s.NUMANodes {
+		if n < -1 {
+			bad("%s.numaNodes: %d is not a NUMA node (use -1 for \"none\")", at, n)
+		}
+	}
+}
+
+func (s *Selector) empty() bool {
+	return len(s.Vendors)+len(s.Devices)+len(s.Drivers)+len(s.PFNames)+len(s.RootDevices)+
+		len(s.PCIAddresses)+len(s.LinkTypes)+len(s.NUMANodes) == 0
+}
+
+// ValidationError lists every problem of one config.
+type ValidationError struct {
+	Source string
+	Errs   []error
+}
+
+func (e *ValidationError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "config %q is invalid:", e.Source)
+	for _, err := range e.Errs {
+		b.WriteString("\n  - ")
+		b.WriteString(err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap gives errors.Is/As access to each problem.
+func (e *ValidationError) Unwrap() []error { return e.Errs }

@@ -1,0 +1,317 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+)
+
+func TestParseOwnFormat(t *testing.T) {
+	in := `
+resourcePrefix: example.com
+pools:
+  - name: vf-vfio
+    mode: vfio
+    allocationPolicy: pack
+    selectors:
+      vendors: ["8086"]
+      devices: ["154c"]
+      pfNames: ["ens1f0#0,2-7"]
+  - name: vf-kernel
+    selectors:
+      - rootDevices: ["0000:3b:00.0"]
+      - pciAddresses: ["0000:5E:00.1"]
+`
+	c, err := Parse("pools.yaml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Config{
+		ResourcePrefix: "example.com",
+		Source:         "pools.yaml",
+		Pools: []Pool{
+			{Name: "vf-vfio", Mode: ModeVFIO, BindAt: BindAtAllocate, AllocationPolicy: PolicyPack, AllowUnbindFrom: DefaultAllowUnbindFrom,
+				Selectors: SelectorList{{Vendors: []string{"8086"}, Devices: []string{"154c"}, PFNames: []string{"ens1f0#0,2-7"}}}},
+			{Name: "vf-kernel", Mode: ModeKernel, AllocationPolicy: PolicySpread,
+				Selectors: SelectorList{{RootDevices: []string{"0000:3b:00.0"}}, {PCIAddresses: []string{"0000:5E:00.1"}}}},
+		},
+	}
+	if diff := cmp.Diff(want, c); diff != "" {
+		t.Errorf("(-want +got)\n%s", diff)
+	}
+	if got := c.Resource(&c.Pools[0]); got != "example.com/vf-vfio" {
+		t.Errorf("Resource = %q", got)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []string // each must appear in the error
+	}{
+		{name: "not yaml", in: "pools: [", want: []string{`config "c.yaml": not valid YAML`}},
+		{name: "top level list", in: "- a", want: []string{"top level must be an object"}},
+		{name: "unknown top-level field", in: "pool: []", want: []string{`unknown field "pool"`}},
+		{name: "unknown selector field", in: "pools: [{name: a, selectors: {vendor: ['8086']}}]", want: []string{`unknown field "vendor"`}},
+		{name: "wrong type", in: "pools: [{name: a, selectors: {numaNodes: ['x']}}]", want: []string{`numaNodes`}},
+		{name: "no pools", in: "resourcePrefix: example.com", want: []string{"pools: empty"}},
+		{
+			name: "every pool problem at once",
+			in: `resourcePrefix: nodot
+pools:
+  - name: Bad_Name
+    mode: passthrough
+    allocationPolicy: random
+    selectors: {vendors: ["80861"], devices: ["zz"], pciAddresses: ["3b:00.0"], pfNames: ["ens1#7-2"], rootDevices: ["0000:3b:00.0#x"], numaNodes: [-2]}
+  - name: k
+    mode: kernel
+    bindAt: startup
+    allowUnbindFrom: [iavf]
+    restoreOnRelease: true
+    selectors: {vendors: ["8086"]}
+  - name: k
+    selectors: {}
+  - name: v
+    mode: vfio
+    bindAt: never
+`,
+			want: []string{
+				`config "c.yaml" is invalid:`,
+				`resourcePrefix: "nodot" is not a DNS subdomain`,
+				`pools[0] ("Bad_Name").name: "Bad_Name" must be`,
+				`pools[0] ("Bad_Name").mode: "passthrough" is not a mode; use "vfio"`,
+				`pools[0] ("Bad_Name").allocationPolicy: "random"`,
+				`pools[0] ("Bad_Name").selectors[0].vendors: "80861" is not a 4-digit hex vendor ID`,
+				`selectors[0].devices: "zz"`,
+				`selectors[0].pciAddresses: invalid PCI address "3b:00.0"`,
+				`selectors[0].pfNames: VF range "7-2": 2 is below 7`,
+				`selectors[0].rootDevices: VF range "x"`,
+				`selectors[0].numaNodes: -2`,
+				`pools[1] ("k").bindAt: only vfio pools bind`,
+				`pools[1] ("k").allowUnbindFrom: only vfio pools unbind`,
+				`pools[1] ("k").restoreOnRelease: only vfio pools rebind`,
+				`pools[2] ("k").name: resource "nodot/k" is already defined by pools[1]`,
+				`pools[2] ("k").selectors[0]: no field set`,
+				`pools[3] ("v").bindAt: "never" is not valid`,
+				`pools[3] ("v").selectors: missing; a pool without selectors would take every PCI function`,
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("c.yaml", []byte(tc.in))
+			if err == nil {
+				t.Fatal("Parse succeeded, want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestParseLegacy(t *testing.T) {
+	in := `{
+  "resourceList": [
+    {"resourceName": "intel_sriov_netdevice", "selectors": {"vendors": ["8086"], "devices": ["154c"], "drivers": ["iavf"], "pfNames": ["ens1f0#0-3"]}},
+    {"resourceName": "intel_sriov_dpdk", "resourcePrefix": "example.com", "deviceType": "netDevice",
+     "selectors": [{"vendors": ["8086"], "drivers": ["vfio-pci"]}, {"pciAddresses": ["0000:3b:02.4"], "drivers": ["vfio-pci"]}]}
+  ]
+}`
+	c, err := Parse("legacy.json", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Legacy {
+		t.Error("Legacy not set")
+	}
+	got := []string{c.Resource(&c.Pools[0]) + " " + string(c.Pools[0].Mode), c.Resource(&c.Pools[1]) + " " + string(c.Pools[1].Mode)}
+	want := []string{"intel.com/intel_sriov_netdevice kernel", "example.com/intel_sriov_dpdk vfio"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got)\n%s", diff)
+	}
+	if diff := cmp.Diff(SelectorList{{Vendors: []string{"8086"}, Drivers: []string{"vfio-pci"}}, {PCIAddresses: []string{"0000:3b:02.4"}, Drivers: []string{"vfio-pci"}}}, c.Pools[1].Selectors); diff != "" {
+		t.Errorf("selectors (-want +got)\n%s", diff)
+	}
+}
+
+func TestParseLegacyRefusals(t *testing.T) {
+	in := `{"resourceList": [
+  {"resourceName": "a", "deviceType": "auxNetDevice", "selectors": {"auxTypes": ["sf"]}},
+  {"resourceName": "b", "excludeTopology": true, "selectors": {"vendors": ["15b3"], "isRdma": true, "needVhostNet": true}},
+  {"resourceName": "c", "selectors": {"vendors": ["8086"], "bogus": 1}}
+]}`
+	_, err := Parse("legacy.json", []byte(in))
+	if err == nil {
+		t.Fatal("want error")
+	}
+	for _, w := range []string{
+		`resourceList[0] ("a").deviceType: auxiliary network devices`,
+		`resourceList[0] ("a").selectors[0].auxTypes: cannot be mapped`,
+		`resourceList[1] ("b").excludeTopology: not supported`,
+		`resourceList[1] ("b").selectors[0].isRdma: cannot be mapped: RDMA`,
+		`resourceList[1] ("b").selectors[0].needVhostNet: cannot be mapped`,
+		`resourceList[2] ("c").selectors: unknown field "bogus"`,
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q:\n%v", w, err)
+		}
+	}
+}
+
+func TestLoadNamesFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "missing.yaml")
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), p) {
+		t.Fatalf("err = %v, want it to name %q", err, p)
+	}
+	if err := os.WriteFile(p, []byte("pools: [{name: a, mode: vfio, selectors: {vendors: ['8086']}}]"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := Load(p); err != nil || c.Source != p {
+		t.Fatalf("Load = %+v, %v", c, err)
+	}
+}
+
+func TestParseVFRanges(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []VFRange
+		wantErr string
+	}{
+		{in: "0", want: []VFRange{{0, 0}}},
+		{in: "0,2-7", want: []VFRange{{0, 0}, {2, 7}}},
+		{in: "5-5,127", want: []VFRange{{5, 5}, {127, 127}}},
+		{in: "", wantErr: "empty"},
+		{in: "7-2", wantErr: "2 is below 7"},
+		{in: "1,,2", wantErr: `"" is not a VF index`},
+		{in: "-1", wantErr: `"" is not a VF index`},
+		{in: "1-", wantErr: `"" is not a VF index`},
+		{in: "65536", wantErr: "not a VF index"},
+		{in: "+3", wantErr: "not a VF index"},
+		{in: "1-2-3", wantErr: "not a VF index"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseVFRanges(tc.in)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got)\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestSelectorMatch(t *testing.T) {
+	pf := &sysfs.Device{Address: "0000:3b:00.0", Vendor: "8086", Device: "1572", Driver: "i40e", NUMANode: 0, VFIndex: -1,
+		SRIOV: &sysfs.SRIOV{NumVFs: 8}, Netdevs: []sysfs.Netdev{{Name: "ens1f0", LinkType: "ether"}}}
+	vf := func(i int) *sysfs.Device {
+		return &sysfs.Device{Address: sysfs.Address("0000:3b:02." + string(rune('0'+i))), Vendor: "8086", Device: "154c", Driver: "iavf",
+			NUMANode: 0, PhysFn: pf.Address, VFIndex: i, Netdevs: []sysfs.Netdev{{Name: "v", LinkType: "ether"}}}
+	}
+	plain := &sysfs.Device{Address: "0000:5e:00.0", Vendor: "10de", Device: "20b5", Driver: "", NUMANode: -1, VFIndex: -1}
+	tests := []struct {
+		name string
+		sel  Selector
+		dev  *sysfs.Device
+		pf   *sysfs.Device
+		want bool
+	}{
+		{"vendor and device", Selector{Vendors: []string{"8086"}, Devices: []string{"154C"}}, vf(0), pf, true},
+		{"device differs", Selector{Vendors: []string{"8086"}, Devices: []string{"154d"}}, vf(0), pf, false},
+		{"driver", Selector{Drivers: []string{"iavf"}}, vf(1), pf, true},
+		{"pfName all VFs", Selector{PFNames: []string{"ens1f0"}}, vf(5), pf, true},
+		{"pfName range hit", Selector{PFNames: []string{"ens1f0#0,2-4"}}, vf(3), pf, true},
+		{"pfName range miss", Selector{PFNames: []string{"ens1f0#0,2-4"}}, vf(1), pf, false},
+		{"pfName other PF", Selector{PFNames: []string{"ens2f0"}}, vf(1), pf, false},
+		{"pfName selects a non-VF by its own netdev", Selector{PFNames: []string{"ens1f0"}}, pf, nil, true},
+		{"pfName range never selects a non-VF", Selector{PFNames: []string{"ens1f0#0"}}, pf, nil, false},
+		{"rootDevice", Selector{RootDevices: []string{"0000:3b:00.0"}}, vf(7), pf, true},
+		{"rootDevice range", Selector{RootDevices: []string{"0000:3b:00.0#0-1"}}, vf(2), pf, false},
+		{"rootDevice as whole device", Selector{RootDevices: []string{"0000:5e:00.0"}}, plain, nil, true},
+		{"pciAddress", Selector{PCIAddresses: []string{"0000:5E:00.0"}}, plain, nil, true},
+		{"numa none", Selector{Vendors: []string{"10de"}, NUMANodes: []int{-1}}, plain, nil, true},
+		{"numa 1", Selector{Vendors: []string{"10de"}, NUMANodes: []int{1}}, plain, nil, false},
+		{"linkType needs a netdev", Selector{LinkTypes: []string{"ether"}}, plain, nil, false},
+		{"linkType", Selector{LinkTypes: []string{"ether"}}, vf(0), pf, true},
+		{"exclude wins", Selector{Vendors: []string{"8086"}, ExcludeAddresses: []string{"0000:3b:02.0"}}, vf(0), pf, false},
+		{"empty selector matches nothing", Selector{}, vf(0), pf, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.sel.Match(tc.dev, tc.pf); got != tc.want {
+				t.Errorf("Match = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzParseVFRanges(f *testing.F) {
+	for _, s := range []string{"0", "0,2-7", "7-2", "", "1,,", "65535", "0-65535", "9999999999"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		rs, err := ParseVFRanges(s)
+		if err != nil {
+			return
+		}
+		for _, r := range rs {
+			if r.First < 0 || r.Last > MaxVFIndex || r.First > r.Last {
+				t.Fatalf("ParseVFRanges(%q) accepted bad range %+v", s, r)
+			}
+			if !ContainsVF(rs, r.First) || !ContainsVF(rs, r.Last) {
+				t.Fatalf("range %+v does not contain its ends", r)
+			}
+		}
+	})
+}
+
+func FuzzParse(f *testing.F) {
+	seeds := []string{
+		"pools: [{name: a, mode: vfio, selectors: {vendors: ['8086']}}]",
+		`{"resourceList":[{"resourceName":"x","selectors":{"vendors":["8086"],"drivers":["vfio-pci"]}}]}`,
+		"pools: [{name: a, selectors: [{pfNames: ['ens1#0-3']}, {rootDevices: ['0000:3b:00.0#1']}]}]",
+		"resourcePrefix: 7\npools: 3",
+		"{",
+		"",
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.yaml", data)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("empty error message")
+			}
+			return
+		}
+		// Whatever is accepted is valid and fully defaulted.
+		if err := c.Validate(); err != nil {
+			t.Fatalf("accepted config fails Validate: %v", err)
+		}
+		for i := range c.Pools {
+			p := &c.Pools[i]
+			if p.Mode == "" || p.AllocationPolicy == "" || len(p.Selectors) == 0 {
+				t.Fatalf("pool %d not defaulted: %+v", i, p)
+			}
+			// Matching must never panic on any accepted selector.
+			p.Match(&sysfs.Device{Address: "0000:00:00.0", VFIndex: 3}, &sysfs.Device{Address: "0000:00:01.0"})
+		}
+	})
+}

@@ -1,0 +1,258 @@
+package pool
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+)
+
+// Unit is what a pool advertises as one device: a function, or in vfio mode
+// every endpoint function of its IOMMU group, allocated as a whole.
+type Unit struct {
+	// ID is the device ID kubelet sees (and the CDI device name): the lowest
+	// selected address of the group.
+	ID sysfs.Address `json:"id"`
+	// Members are the endpoint functions that travel with ID, sorted, ID
+	// included. Bridges in the group are left alone and not listed.
+	Members  []sysfs.Address `json:"members"`
+	Group    string          `json:"iommuGroup,omitempty"`
+	NUMANode int             `json:"numaNode"`
+	PF       sysfs.Address   `json:"pf,omitempty"`
+	VFIndex  int             `json:"vfIndex"`
+	Driver   string          `json:"driver"`
+	Netdevs  []string        `json:"netdevs,omitempty"`
+	Healthy  bool            `json:"healthy"`
+	// Reason says why the unit is unhealthy.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Pool is one configured pool with the units it hands out.
+type Pool struct {
+	Name     string       `json:"name"`
+	Resource string       `json:"resource"`
+	Mode     config.Mode  `json:"mode"`
+	Config   *config.Pool `json:"-"`
+	Units    []Unit       `json:"devices"`
+}
+
+// Unit returns the unit with the given ID, or nil.
+func (p *Pool) Unit(id sysfs.Address) *Unit {
+	for i := range p.Units {
+		if p.Units[i].ID == id {
+			return &p.Units[i]
+		}
+	}
+	return nil
+}
+
+// Refusal is a function no pool hands out, and why.
+type Refusal struct {
+	Address sysfs.Address `json:"address"`
+	Pool    string        `json:"pool,omitempty"` // the pool whose selectors matched, if any
+	Reason  string        `json:"reason"`
+}
+
+// Plan is the outcome of matching a config against a host.
+type Plan struct {
+	Pools      []Pool    `json:"pools"`
+	Unselected []Refusal `json:"unselected"`
+	// Notes are remarks on selected functions (e.g. matched by two pools).
+	Notes []Refusal `json:"notes,omitempty"`
+}
+
+// Pool returns the pool with the given name, or nil.
+func (p *Plan) Pool(name string) *Pool {
+	for i := range p.Pools {
+		if p.Pools[i].Name == name {
+			return &p.Pools[i]
+		}
+	}
+	return nil
+}
+
+// Build matches every function of h against the pools of c. A function
+// goes to the first pool whose selectors match it. Bridges and PFs with VFs
+// enabled are never handed out. In vfio mode the IOMMU group is the unit and
+// a group that also holds something the host uses, a PF with VFs, a function
+// of another pool or one bound to a driver the pool may not unbind is
+// refused whole, with the reason.
+func Build(c *config.Config, h *sysfs.Host) *Plan {
+	plan := &Plan{Pools: make([]Pool, len(c.Pools))}
+	owner := map[sysfs.Address]int{} // function -> pool index
+	matched := make([][]*sysfs.Device, len(c.Pools))
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		plan.Pools[i] = Pool{Name: p.Name, Resource: c.Resource(p), Mode: p.Mode, Config: p}
+	}
+	for _, d := range h.Devices {
+		var pf *sysfs.Device
+		if d.IsVF() {
+			pf = h.Device(d.PhysFn)
+		}
+		var hits []int
+		for i := range c.Pools {
+			if c.Pools[i].Match(d, pf) {
+				hits = append(hits, i)
+			}
+		}
+		first := ""
+		if len(hits) > 0 {
+			first = c.Pools[hits[0]].Name
+		}
+		switch {
+		case d.IsBridge():
+			plan.Unselected = append(plan.Unselected, Refusal{d.Address, first, "bridge or host controller (class " + d.Class + "); never handed out"})
+		case d.IsPFWithVFs():
+			plan.Unselected = append(plan.Unselected, Refusal{d.Address, first, fmt.Sprintf("PF with %d VFs enabled; its VFs are the candidates", d.SRIOV.NumVFs)})
+		case len(hits) == 0:
+			plan.Unselected = append(plan.Unselected, Refusal{d.Address, "", "matches no pool's selectors"})
+		default:
+			owner[d.Address] = hits[0]
+			matched[hits[0]] = append(matched[hits[0]], d)
+			if len(hits) > 1 {
+				var others []string
+				for _, j := range hits[1:] {
+					others = append(others, fmt.Sprintf("%q", c.Pools[j].Name))
+				}
+				plan.Notes = append(plan.Notes, Refusal{d.Address, first, fmt.Sprintf("also matches pool %s; the first pool in the config wins", strings.Join(others, ", "))})
+			}
+		}
+	}
+	for i := range c.Pools {
+		p := &plan.Pools[i]
+		if p.Mode == config.ModeVFIO {
+			buildVFIO(plan, p, i, matched[i], owner, h, c)
+		} else {
+			buildKernel(plan, p, matched[i], h)
+		}
+	}
+	slices.SortStableFunc(plan.Unselected, func(a, b Refusal) int { return strings.Compare(string(a.Address), string(b.Address)) })
+	return plan
+}
+
+func buildKernel(plan *Plan, p *Pool, devs []*sysfs.Device, h *sysfs.Host) {
+	for _, d := range devs {
+		if use := hostUse(d); use != "" {
+			plan.Unselected = append(plan.Unselected, Refusal{d.Address, p.Name, use})
+			continue
+		}
+		u := newUnit(d, []sysfs.Address{d.Address})
+		u.Healthy, u.Reason = kernelHealth(d, h)
+		p.Units = append(p.Units, u)
+	}
+}
+
+func buildVFIO(plan *Plan, p *Pool, idx int, devs []*sysfs.Device, owner map[sysfs.Address]int, h *sysfs.Host, c *config.Config) {
+	byGroup := map[string][]*sysfs.Device{}
+	var order []string
+	for _, d := range devs {
+		if d.IOMMUGroup == "" {
+			plan.Unselected = append(plan.Unselected, Refusal{d.Address, p.Name, "no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on on the kernel command line) to use vfio"})
+			continue
+		}
+		if _, ok := byGroup[d.IOMMUGroup]; !ok {
+			order = append(order, d.IOMMUGroup)
+		}
+		byGroup[d.IOMMUGroup] = append(byGroup[d.IOMMUGroup], d)
+	}
+	for _, g := range order {
+		sel := byGroup[g]
+		members, reason := groupMembers(g, idx, p.Config, owner, h, c)
+		if reason != "" {
+			for _, d := range sel {
+				plan.Unselected = append(plan.Unselected, Refusal{d.Address, p.Name, reason})
+			}
+			continue
+		}
+		u := newUnit(sel[0], members) // sel is sorted: sel[0] is the lowest selected address
+		u.Healthy, u.Reason = vfioHealth(members, g, h)
+		p.Units = append(p.Units, u)
+	}
+}
+
+// groupMembers returns the endpoint functions of group g that would travel
+// with a unit of pool idx, or the reason the group cannot be handed out.
+func groupMembers(g string, idx int, pc *config.Pool, owner map[sysfs.Address]int, h *sysfs.Host, c *config.Config) ([]sysfs.Address, string) {
+	var members []sysfs.Address
+	for _, a := range h.Groups[g] {
+		m := h.Device(a)
+		if m.IsBridge() {
+			continue // vfio accepts bridges in a group; they stay with the host
+		}
+		if m.IsPFWithVFs() {
+			return nil, fmt.Sprintf("group %s also holds %s, a PF with %d VFs enabled; the group is not viable for vfio", g, a, m.SRIOV.NumVFs)
+		}
+		if use := hostUse(m); use != "" {
+			return nil, fmt.Sprintf("group %s also holds %s bound to %s, in use by host (%s)", g, a, driverName(m.Driver), use)
+		}
+		if o, ok := owner[a]; ok && o != idx {
+			return nil, fmt.Sprintf("group %s also holds %s, selected by pool %q; a group goes to one pool", g, a, c.Pools[o].Name)
+		}
+		if m.Driver != "" && m.Driver != "vfio-pci" && !slices.Contains(pc.AllowUnbindFrom, m.Driver) {
+			return nil, fmt.Sprintf("group %s: %s is bound to %s, which pool %q may not unbind (add %q to allowUnbindFrom if that is intended)", g, a, m.Driver, pc.Name, m.Driver)
+		}
+		members = append(members, a)
+	}
+	return members, ""
+}
+
+func newUnit(d *sysfs.Device, members []sysfs.Address) Unit {
+	u := Unit{ID: d.Address, Members: members, Group: d.IOMMUGroup, NUMANode: d.NUMANode, PF: d.PhysFn, VFIndex: d.VFIndex, Driver: d.Driver}
+	for _, n := range d.Netdevs {
+		u.Netdevs = append(u.Netdevs, n.Name)
+	}
+	return u
+}
+
+// hostUse says why the host depends on d's netdevs, or "".
+func hostUse(d *sysfs.Device) string {
+	for _, n := range d.Netdevs {
+		if n.HostUse != "" {
+			return "netdev " + n.Name + " " + n.HostUse
+		}
+	}
+	return ""
+}
+
+func driverName(d string) string {
+	if d == "" {
+		return "no driver"
+	}
+	return d
+}
+
+// kernelHealth: a kernel-mode device needs its driver, and a VF whose PF
+// has a netdev needs the PF's link up.
+func kernelHealth(d *sysfs.Device, h *sysfs.Host) (bool, string) {
+	if d.Driver == "" {
+		return false, "no driver bound; a kernel pool hands devices out with their driver"
+	}
+	if d.IsVF() {
+		if pf := h.Device(d.PhysFn); pf != nil {
+			for _, n := range pf.Netdevs {
+				if n.OperState != "up" {
+					return false, fmt.Sprintf("PF %s link %s is %s", pf.Address, n.Name, n.OperState)
+				}
+			}
+		}
+	}
+	return true, ""
+}
+
+// vfioHealth: every member is present, and a group bound to vfio-pci has
+// its /dev/vfio node.
+func vfioHealth(members []sysfs.Address, g string, h *sysfs.Host) (bool, string) {
+	for _, a := range members {
+		m := h.Device(a)
+		if m == nil {
+			return false, fmt.Sprintf("group member %s vanished", a)
+		}
+		if m.Driver == "vfio-pci" && !m.VFIOGroupDev {
+			return false, fmt.Sprintf("%s is bound to vfio-pci but /dev/vfio/%s is missing", a, g)
+		}
+	}
+	return true, ""
+}

@@ -1,0 +1,205 @@
+package pool
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+	"github.com/sriov-cdi/sriov-cdi/sysfs/sample"
+)
+
+func mustConfig(t *testing.T, y string) *config.Config {
+	t.Helper()
+	c, err := config.Parse("test.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// host: root port 00:01.0 (group 1); PF 3b:00.0 i40e with 4 VFs (groups
+// 10-13), VF 3 bound to vfio-pci without /dev/vfio node; a two-function
+// device 5e:00.{0,1} in one group 20 (GPU + audio); 5f:00.0 in group 21 with
+// 5f:00.1 whose netdev the host uses; 60:00.0 in group 22 with an nvme
+// controller 60:00.1; 61:00.0 without IOMMU group.
+func testHost() *sysfs.Host {
+	pf := &sysfs.Device{Address: "0000:3b:00.0", Vendor: "8086", Device: "1572", Class: "020000", Driver: "i40e", NUMANode: 0, IOMMUGroup: "2", VFIndex: -1,
+		SRIOV: &sysfs.SRIOV{TotalVFs: 8, NumVFs: 4, VFs: []sysfs.Address{"0000:3b:02.0", "0000:3b:02.1", "0000:3b:02.2", "0000:3b:02.3"}},
+		Netdevs: []sysfs.Netdev{{Name: "ens1f0", OperState: "up", LinkType: "ether", HostUse: "holds address 192.0.2.1"}}}
+	devs := []*sysfs.Device{
+		{Address: "0000:00:01.0", Vendor: "8086", Device: "2030", Class: "060400", Driver: "pcieport", NUMANode: 0, IOMMUGroup: "1", VFIndex: -1},
+		pf,
+	}
+	for i, drv := range []string{"iavf", "iavf", "", "vfio-pci"} {
+		devs = append(devs, &sysfs.Device{Address: pf.SRIOV.VFs[i], Vendor: "8086", Device: "154c", Class: "020000", Driver: drv, NUMANode: 0,
+			IOMMUGroup: []string{"10", "11", "12", "13"}[i], PhysFn: pf.Address, VFIndex: i})
+	}
+	devs = append(devs,
+		&sysfs.Device{Address: "0000:5e:00.0", Vendor: "10de", Device: "20b5", Class: "030200", Driver: "", NUMANode: 1, IOMMUGroup: "20", VFIndex: -1},
+		&sysfs.Device{Address: "0000:5e:00.1", Vendor: "10de", Device: "1aef", Class: "040300", Driver: "snd_hda_intel", NUMANode: 1, IOMMUGroup: "20", VFIndex: -1},
+		&sysfs.Device{Address: "0000:5f:00.0", Vendor: "8086", Device: "1521", Class: "020000", Driver: "igb", NUMANode: 1, IOMMUGroup: "21", VFIndex: -1},
+		&sysfs.Device{Address: "0000:5f:00.1", Vendor: "8086", Device: "1521", Class: "020000", Driver: "igb", NUMANode: 1, IOMMUGroup: "21", VFIndex: -1,
+			Netdevs: []sysfs.Netdev{{Name: "eno2", OperState: "up", HostUse: "carries the default route"}}},
+		&sysfs.Device{Address: "0000:60:00.0", Vendor: "1af4", Device: "1041", Class: "020000", Driver: "virtio-pci", NUMANode: 1, IOMMUGroup: "22", VFIndex: -1},
+		&sysfs.Device{Address: "0000:60:00.1", Vendor: "144d", Device: "a808", Class: "010802", Driver: "nvme", NUMANode: 1, IOMMUGroup: "22", VFIndex: -1},
+		&sysfs.Device{Address: "0000:61:00.0", Vendor: "1af4", Device: "1041", Class: "020000", Driver: "", NUMANode: -1, VFIndex: -1},
+	)
+	return sysfs.NewHost(devs, nil)
+}
+
+func TestBuild(t *testing.T) {
+	c := mustConfig(t, `
+resourcePrefix: example.com
+pools:
+  - name: vf
+    mode: vfio
+    selectors: {vendors: ["8086"], devices: ["154c"]}
+  - name: gpu
+    mode: vfio
+    selectors: {vendors: ["10de"], devices: ["20b5"]}
+  - name: igb
+    mode: vfio
+    allowUnbindFrom: [igb]
+    selectors: {pciAddresses: ["0000:5f:00.0"]}
+  - name: virtio
+    mode: vfio
+    allowUnbindFrom: [virtio-pci]
+    selectors: {vendors: ["1af4"]}
+  - name: vf-kernel
+    mode: kernel
+    selectors: {vendors: ["8086"]}
+`)
+	plan := Build(c, testHost())
+	type unit struct {
+		ID      sysfs.Address
+		Members []sysfs.Address
+		Healthy bool
+		Reason  string
+	}
+	got := map[string][]unit{}
+	for _, p := range plan.Pools {
+		got[p.Resource] = []unit{}
+		for _, u := range p.Units {
+			got[p.Resource] = append(got[p.Resource], unit{u.ID, u.Members, u.Healthy, u.Reason})
+		}
+	}
+	want := map[string][]unit{
+		"example.com/vf": {
+			{"0000:3b:02.0", []sysfs.Address{"0000:3b:02.0"}, true, ""},
+			{"0000:3b:02.1", []sysfs.Address{"0000:3b:02.1"}, true, ""},
+			{"0000:3b:02.2", []sysfs.Address{"0000:3b:02.2"}, true, ""},
+			{"0000:3b:02.3", []sysfs.Address{"0000:3b:02.3"}, false, "0000:3b:02.3 is bound to vfio-pci but /dev/vfio/13 is missing"},
+		},
+		// The audio function is free to travel with the GPU? No: it is
+		// bound to snd_hda_intel, which the pool may not unbind.
+		"example.com/gpu":       {},
+		"example.com/igb":       {},
+		"example.com/virtio":    {},
+		"example.com/vf-kernel": {},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("units (-want +got)\n%s", diff)
+	}
+	wantUnselected := []Refusal{
+		{"0000:00:01.0", "vf-kernel", "bridge or host controller (class 060400); never handed out"},
+		{"0000:3b:00.0", "vf-kernel", "PF with 4 VFs enabled; its VFs are the candidates"},
+		{"0000:5e:00.0", "gpu", "group 20: 0000:5e:00.1 is bound to snd_hda_intel, which pool \"gpu\" may not unbind (add \"snd_hda_intel\" to allowUnbindFrom if that is intended)"},
+		{"0000:5e:00.1", "", "matches no pool's selectors"},
+		{"0000:5f:00.0", "igb", "group 21 also holds 0000:5f:00.1 bound to igb, in use by host (netdev eno2 carries the default route)"},
+		{"0000:5f:00.1", "vf-kernel", "netdev eno2 carries the default route"},
+		{"0000:60:00.0", "virtio", "group 22: 0000:60:00.1 is bound to nvme, which pool \"virtio\" may not unbind (add \"nvme\" to allowUnbindFrom if that is intended)"},
+		{"0000:60:00.1", "", "matches no pool's selectors"},
+		{"0000:61:00.0", "virtio", "no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on on the kernel command line) to use vfio"},
+	}
+	if diff := cmp.Diff(wantUnselected, plan.Unselected); diff != "" {
+		t.Errorf("unselected (-want +got)\n%s", diff)
+	}
+	wantNotes := []Refusal{
+		{"0000:3b:02.0", "vf", `also matches pool "vf-kernel"; the first pool in the config wins`},
+		{"0000:3b:02.1", "vf", `also matches pool "vf-kernel"; the first pool in the config wins`},
+		{"0000:3b:02.2", "vf", `also matches pool "vf-kernel"; the first pool in the config wins`},
+		{"0000:3b:02.3", "vf", `also matches pool "vf-kernel"; the first pool in the config wins`},
+		{"0000:5f:00.0", "igb", `also matches pool "vf-kernel"; the first pool in the config wins`},
+	}
+	if diff := cmp.Diff(wantNotes, plan.Notes); diff != "" {
+		t.Errorf("notes (-want +got)\n%s", diff)
+	}
+}
+
+func TestBuildGroupTravelsAsUnit(t *testing.T) {
+	c := mustConfig(t, `
+pools:
+  - name: gpu
+    mode: vfio
+    allowUnbindFrom: [snd_hda_intel]
+    selectors: {vendors: ["10de"], devices: ["20b5"]}
+  - name: host-in-use
+    mode: vfio
+    selectors: {pciAddresses: ["0000:3b:00.0"]}
+`)
+	h := testHost()
+	plan := Build(c, h)
+	gpu := plan.Pool("gpu")
+	if len(gpu.Units) != 1 {
+		t.Fatalf("gpu units = %+v", gpu.Units)
+	}
+	if diff := cmp.Diff([]sysfs.Address{"0000:5e:00.0", "0000:5e:00.1"}, gpu.Units[0].Members); diff != "" {
+		t.Errorf("members (-want +got)\n%s", diff)
+	}
+	if gpu.Units[0].ID != "0000:5e:00.0" || gpu.Units[0].Group != "20" || gpu.Units[0].NUMANode != 1 {
+		t.Errorf("unit = %+v", gpu.Units[0])
+	}
+}
+
+func TestBuildKernelHealth(t *testing.T) {
+	c := mustConfig(t, `pools: [{name: k, mode: kernel, selectors: {devices: ["154c"]}}]`)
+	h := testHost()
+	h.Device("0000:3b:00.0").Netdevs[0].OperState = "down"
+	plan := Build(c, h)
+	for _, u := range plan.Pool("k").Units {
+		if u.Healthy {
+			t.Errorf("%s healthy with PF link down", u.ID)
+		}
+	}
+	if got := plan.Pool("k").Unit("0000:3b:02.2").Reason; got != "no driver bound; a kernel pool hands devices out with their driver" {
+		t.Errorf("reason = %q", got)
+	}
+	if got := plan.Pool("k").Unit("0000:3b:02.0").Reason; got != "PF 0000:3b:00.0 link ens1f0 is down" {
+		t.Errorf("reason = %q", got)
+	}
+}
+
+// TestBuildSample plans the bundled real-kernel snapshot with its config.
+func TestBuildSample(t *testing.T) {
+	root, err := sample.Extract(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := sysfs.Scan(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Parse("sample", sample.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := Build(c, h)
+	ids := func(p *Pool) []sysfs.Address {
+		var out []sysfs.Address
+		for _, u := range p.Units {
+			out = append(out, u.ID)
+		}
+		return out
+	}
+	if diff := cmp.Diff([]sysfs.Address{"0000:01:00.1", "0000:01:00.2", "0000:01:00.3", "0000:01:00.4"}, ids(plan.Pool("nvme-vf"))); diff != "" {
+		t.Errorf("nvme-vf (-want +got)\n%s", diff)
+	}
+	if diff := cmp.Diff([]sysfs.Address{"0000:02:00.1", "0000:02:00.2"}, ids(plan.Pool("nvme-vf-kernel"))); diff != "" {
+		t.Errorf("nvme-vf-kernel (-want +got)\n%s", diff)
+	}
+	if u := plan.Pool("nvme-vf").Unit("0000:01:00.2"); !u.Healthy || u.Group != "8" {
+		t.Errorf("bound VF unit = %+v", u)
+	}
+}

@@ -26,7 +26,7 @@ func mustConfig(t *testing.T, y string) *config.Config {
 // controller 60:00.1; 61:00.0 without IOMMU group.
 func testHost() *sysfs.Host {
 	pf := &sysfs.Device{Address: "0000:3b:00.0", Vendor: "8086", Device: "1572", Class: "020000", Driver: "i40e", NUMANode: 0, IOMMUGroup: "2", VFIndex: -1,
-		SRIOV: &sysfs.SRIOV{TotalVFs: 8, NumVFs: 4, VFs: []sysfs.Address{"0000:3b:02.0", "0000:3b:02.1", "0000:3b:02.2", "0000:3b:02.3"}},
+		SRIOV:   &sysfs.SRIOV{TotalVFs: 8, NumVFs: 4, VFs: []sysfs.Address{"0000:3b:02.0", "0000:3b:02.1", "0000:3b:02.2", "0000:3b:02.3"}},
 		Netdevs: []sysfs.Netdev{{Name: "ens1f0", OperState: "up", LinkType: "ether", HostUse: "holds address 192.0.2.1"}}}
 	devs := []*sysfs.Device{
 		{Address: "0000:00:01.0", Vendor: "8086", Device: "2030", Class: "060400", Driver: "pcieport", NUMANode: 0, IOMMUGroup: "1", VFIndex: -1},

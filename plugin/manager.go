@@ -1,0 +1,363 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"go.uber.org/zap"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+)
+
+// SpecSyncer writes the CDI specs of a plan; the Manager calls it before a
+// device is advertised and whenever the plan changes.
+type SpecSyncer interface {
+	Sync(plan *pool.Plan, h *sysfs.Host) error
+}
+
+// Options configure a Manager.
+type Options struct {
+	ConfigPath      string     // pool configuration file, watched for changes
+	Root            sysfs.Root // where sysfs and /dev are
+	DevicePluginDir string     // kubelet's device plugin directory
+	// RescanInterval is the safety-net rescan period (sysfs changes made by
+	// the kernel produce no fsnotify events). Default 5s.
+	RescanInterval time.Duration
+	// Debounce coalesces bursts of events into one rescan. Default 20ms.
+	Debounce time.Duration
+	// Uevents listens to kernel uevents; needs the host network namespace.
+	Uevents     bool
+	ScanOptions []sysfs.ScanOption
+	Specs       SpecSyncer // nil: no CDI specs written
+	Prepare     Preparer   // nil: nothing prepared (kernel pools only)
+	Log         *zap.Logger
+}
+
+// Manager runs one endpoint per pool and keeps them in step with the host,
+// the config file and kubelet.
+type Manager struct {
+	opts Options
+	log  *zap.Logger
+
+	cfg      *config.Config
+	cfgBytes []byte
+
+	mu        sync.Mutex
+	endpoints map[string]*managed // by resource
+	lastWarn  []sysfs.Warning
+
+	kick          chan string
+	alive         atomic.Int64 // unix nanos of the last loop turn
+	registrations atomic.Int64
+}
+
+type managed struct {
+	ep  *endpoint
+	srv *poolServer
+}
+
+// NewManager loads and validates the config; an invalid config is an error
+// here (at start) and only a log line later (on reload).
+func NewManager(opts Options) (*Manager, error) {
+	if opts.RescanInterval <= 0 {
+		opts.RescanInterval = 5 * time.Second
+	}
+	if opts.Debounce <= 0 {
+		opts.Debounce = 20 * time.Millisecond
+	}
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	if opts.Prepare == nil {
+		opts.Prepare = noPrepare{}
+	}
+	b, err := os.ReadFile(opts.ConfigPath)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := config.Parse(opts.ConfigPath, b)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{opts: opts, log: opts.Log, cfg: cfg, cfgBytes: b, endpoints: map[string]*managed{}, kick: make(chan string, 1)}, nil
+}
+
+// Trigger asks for a rescan soon (coalesced).
+func (m *Manager) Trigger(reason string) {
+	select {
+	case m.kick <- reason:
+	default:
+	}
+}
+
+// Ready reports whether every pool is registered with kubelet.
+func (m *Manager) Ready() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.endpoints) == 0 {
+		return false
+	}
+	for _, e := range m.endpoints {
+		if !e.ep.isRegistered() {
+			return false
+		}
+	}
+	return true
+}
+
+// Alive reports whether the main loop turned within the last two rescan
+// periods.
+func (m *Manager) Alive() bool {
+	return time.Since(time.Unix(0, m.alive.Load())) < 2*m.opts.RescanInterval+time.Second
+}
+
+// Registrations counts successful Register calls (for metrics and tests).
+func (m *Manager) Registrations() int64 { return m.registrations.Load() }
+
+// Run serves until ctx ends, then sends every stream an empty list and
+// removes the sockets.
+func (m *Manager) Run(ctx context.Context) error {
+	m.alive.Store(time.Now().UnixNano())
+	if err := os.MkdirAll(m.opts.DevicePluginDir, 0o750); err != nil {
+		return fmt.Errorf("create device plugin directory: %w", err)
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("start file watcher: %w", err)
+	}
+	defer w.Close()
+	if err := w.Add(m.opts.DevicePluginDir); err != nil {
+		return fmt.Errorf("watch %q: %w", m.opts.DevicePluginDir, err)
+	}
+	// ConfigMaps swap a ..data symlink: watch the directory, not the file.
+	cfgDir := filepath.Dir(m.opts.ConfigPath)
+	if err := w.Add(cfgDir); err != nil {
+		return fmt.Errorf("watch config directory %q: %w", cfgDir, err)
+	}
+	vfioDir := filepath.Join(m.opts.Root.Dev, "vfio")
+	if err := w.Add(vfioDir); err != nil {
+		m.log.Info("not watching /dev/vfio; relying on rescans", zap.String("path", vfioDir), zap.Error(err))
+	}
+	if m.opts.Uevents {
+		if src, err := openUevents(); err != nil {
+			m.log.Warn("kernel uevents unavailable; relying on rescans", zap.Error(err))
+		} else {
+			go func() {
+				if err := src.run(ctx, m.Trigger); err != nil {
+					m.log.Warn("uevent listener stopped; relying on rescans", zap.Error(err))
+				}
+			}()
+		}
+	}
+	defer m.shutdown()
+
+	if err := m.replan(ctx); err != nil {
+		return err
+	}
+	m.registerAll(ctx)
+
+	ticker := time.NewTicker(m.opts.RescanInterval)
+	defer ticker.Stop()
+	var debounce <-chan time.Time
+	for {
+		m.alive.Store(time.Now().UnixNano())
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-w.Events:
+			switch {
+			case ev.Name == filepath.Join(m.opts.DevicePluginDir, KubeletSocketName) && ev.Has(fsnotify.Create):
+				m.log.Info("kubelet socket created; re-registering every pool")
+				m.restartAll(ctx)
+			case filepath.Dir(ev.Name) == filepath.Clean(cfgDir):
+				m.reload(ctx)
+			case filepath.Dir(ev.Name) == filepath.Clean(vfioDir):
+				m.Trigger("/dev/vfio changed: " + ev.Name)
+			}
+		case err := <-w.Errors:
+			m.log.Warn("file watcher error; relying on rescans", zap.Error(err))
+		case reason := <-m.kick:
+			m.log.Debug("rescan requested", zap.String("reason", reason))
+			if debounce == nil {
+				debounce = time.After(m.opts.Debounce)
+			}
+		case <-debounce:
+			debounce = nil
+			m.replanLogged(ctx)
+		case <-ticker.C:
+			m.replanLogged(ctx)
+			m.registerMissing(ctx)
+		}
+	}
+}
+
+func (m *Manager) replanLogged(ctx context.Context) {
+	if err := m.replan(ctx); err != nil {
+		m.log.Error("rescan failed; keeping the last device lists", zap.Error(err))
+	}
+}
+
+// replan scans the host, plans the pools, writes CDI specs, then updates,
+// starts or stops endpoints. Specs are written before any device is
+// advertised.
+func (m *Manager) replan(ctx context.Context) error {
+	h, err := sysfs.Scan(m.opts.Root, m.opts.ScanOptions...)
+	if err != nil {
+		return err
+	}
+	if !slices.Equal(h.Warnings, m.lastWarn) {
+		for _, w := range h.Warnings {
+			m.log.Warn("sysfs anomaly", zap.String("device", string(w.Device)), zap.String("detail", w.Message))
+		}
+		m.lastWarn = h.Warnings
+	}
+	plan := pool.Build(m.cfg, h)
+	if m.opts.Specs != nil {
+		if err := m.opts.Specs.Sync(plan, h); err != nil {
+			return fmt.Errorf("write CDI specs: %w", err)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	want := map[string]bool{}
+	for i := range plan.Pools {
+		p := &plan.Pools[i]
+		want[p.Resource] = true
+		if e, ok := m.endpoints[p.Resource]; ok {
+			if e.srv.update(p) {
+				m.log.Info("device list changed", zap.String("pool", p.Name), zap.Int("devices", len(p.Units)), zap.Int("unhealthy", unhealthyUnits(p)))
+			}
+			continue
+		}
+		srv := newPoolServer(p, m.opts.Root.Dev, m.opts.Prepare, m.log)
+		ep := newEndpoint(m.opts.DevicePluginDir, p.Resource, srv, &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true}, m.log.With(zap.String("pool", p.Name)))
+		if err := ep.serve(); err != nil {
+			return err
+		}
+		m.endpoints[p.Resource] = &managed{ep: ep, srv: srv}
+		m.log.Info("pool serving", zap.String("pool", p.Name), zap.String("resource", p.Resource), zap.String("socket", ep.socketPath()), zap.Int("devices", len(p.Units)))
+	}
+	for res, e := range m.endpoints {
+		if !want[res] {
+			e.srv.stop()
+			e.ep.stop()
+			delete(m.endpoints, res)
+			m.log.Info("pool removed", zap.String("resource", res))
+		}
+	}
+	return nil
+}
+
+// reload re-reads the config after a change in its directory. An invalid
+// config is logged and the running one kept.
+func (m *Manager) reload(ctx context.Context) {
+	b, err := os.ReadFile(m.opts.ConfigPath)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) { // a ConfigMap swap can hide it briefly
+			m.log.Error("config reload: keeping the running config", zap.Error(err))
+		}
+		return
+	}
+	if bytes.Equal(b, m.cfgBytes) {
+		return
+	}
+	cfg, err := config.Parse(m.opts.ConfigPath, b)
+	if err != nil {
+		m.log.Error("config reload rejected; keeping the running config", zap.Error(err))
+		m.cfgBytes = b // do not log the same bad file again
+		return
+	}
+	if reflect.DeepEqual(cfg.Pools, m.cfg.Pools) && cfg.ResourcePrefix == m.cfg.ResourcePrefix {
+		m.cfgBytes = b
+		return
+	}
+	m.cfg, m.cfgBytes = cfg, b
+	m.log.Info("config reloaded", zap.String("config", m.opts.ConfigPath), zap.Int("pools", len(cfg.Pools)))
+	m.replanLogged(ctx)
+	m.registerMissing(ctx)
+}
+
+func (m *Manager) registerAll(ctx context.Context) {
+	for _, e := range m.snapshotEndpoints() {
+		m.register(ctx, e)
+	}
+}
+
+func (m *Manager) registerMissing(ctx context.Context) {
+	for _, e := range m.snapshotEndpoints() {
+		if !e.ep.isRegistered() {
+			m.register(ctx, e)
+		}
+	}
+}
+
+func (m *Manager) register(ctx context.Context, e *managed) {
+	if err := e.ep.register(ctx); err != nil {
+		m.log.Warn("registration failed; will retry when kubelet's socket appears", zap.String("resource", e.ep.resource), zap.Error(err))
+		return
+	}
+	m.registrations.Add(1)
+	m.log.Info("registered with kubelet", zap.String("resource", e.ep.resource))
+}
+
+// restartAll re-creates every socket (kubelet deleted them when it
+// started) and registers again.
+func (m *Manager) restartAll(ctx context.Context) {
+	for _, e := range m.snapshotEndpoints() {
+		if err := e.ep.serve(); err != nil {
+			m.log.Error("restart device plugin server", zap.String("resource", e.ep.resource), zap.Error(err))
+			continue
+		}
+		m.register(ctx, e)
+	}
+}
+
+func (m *Manager) snapshotEndpoints() []*managed {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*managed, 0, len(m.endpoints))
+	for _, e := range m.endpoints {
+		out = append(out, e)
+	}
+	slices.SortFunc(out, func(a, b *managed) int {
+		if a.ep.resource < b.ep.resource {
+			return -1
+		}
+		return 1
+	})
+	return out
+}
+
+func (m *Manager) shutdown() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for res, e := range m.endpoints {
+		e.srv.stop()
+		e.ep.stop()
+		delete(m.endpoints, res)
+	}
+	m.log.Info("stopped; every pool sent an empty list and removed its socket")
+}
+
+func unhealthyUnits(p *pool.Pool) int {
+	n := 0
+	for _, u := range p.Units {
+		if !u.Healthy {
+			n++
+		}
+	}
+	return n
+}

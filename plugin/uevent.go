@@ -1,0 +1,77 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// relevantUevent reports whether a kernel uevent can change what a pool
+// advertises: PCI functions appearing or going (sriov_numvfs), driver
+// binds and unbinds, VFIO group nodes, netdev link changes. It returns a
+// short description for logs.
+func relevantUevent(msg []byte) (bool, string) {
+	fields := bytes.Split(msg, []byte{0})
+	if len(fields) == 0 {
+		return false, ""
+	}
+	header := string(fields[0]) // "action@devpath"
+	var subsystem, action string
+	for _, f := range fields[1:] {
+		switch {
+		case bytes.HasPrefix(f, []byte("SUBSYSTEM=")):
+			subsystem = string(f[len("SUBSYSTEM="):])
+		case bytes.HasPrefix(f, []byte("ACTION=")):
+			action = string(f[len("ACTION="):])
+		}
+	}
+	switch subsystem {
+	case "pci", "vfio", "vfio-dev", "net", "iommu":
+		return true, fmt.Sprintf("uevent %s %s (%s)", action, subsystem, header)
+	}
+	return false, ""
+}
+
+// ueventSource listens to kernel uevents (NETLINK_KOBJECT_UEVENT). It needs
+// the host's network namespace (hostNetwork in a pod).
+type ueventSource struct{ f *os.File }
+
+func openUevents() (*ueventSource, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_KOBJECT_UEVENT)
+	if err != nil {
+		return nil, fmt.Errorf("open uevent socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind uevent socket: %w", err)
+	}
+	// A non-blocking descriptor goes to Go's poller, so Close unblocks Read.
+	return &ueventSource{f: os.NewFile(uintptr(fd), "uevent")}, nil
+}
+
+// run calls notify for each relevant uevent until ctx ends or the socket
+// fails.
+func (u *ueventSource) run(ctx context.Context, notify func(string)) error {
+	go func() { <-ctx.Done(); u.f.Close() }()
+	buf := make([]byte, 64*1024)
+	for {
+		n, err := u.f.Read(buf)
+		if errors.Is(err, unix.ENOBUFS) {
+			notify("uevent queue overflowed; rescanning")
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read uevents: %w", err)
+		}
+		if ok, why := relevantUevent(buf[:n]); ok {
+			notify(why)
+		}
+	}
+}

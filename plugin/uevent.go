@@ -6,18 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
 // relevantUevent reports whether a kernel uevent can change what a pool
 // advertises: PCI functions appearing or going (sriov_numvfs), driver
-// binds and unbinds, VFIO group nodes, netdev link changes. It returns a
-// short description for logs.
-func relevantUevent(msg []byte) (bool, string) {
+// binds and unbinds, VFIO group nodes, netdev link changes. It returns the
+// PCI function the event concerns ("" when the path names none: rescan
+// everything) and a short description for logs.
+func relevantUevent(msg []byte) (bool, sysfs.Address, string) {
 	fields := bytes.Split(msg, []byte{0})
 	if len(fields) == 0 {
-		return false, ""
+		return false, "", ""
 	}
 	header := string(fields[0]) // "action@devpath"
 	var subsystem, action string
@@ -31,9 +35,22 @@ func relevantUevent(msg []byte) (bool, string) {
 	}
 	switch subsystem {
 	case "pci", "vfio", "vfio-dev", "net", "iommu":
-		return true, fmt.Sprintf("uevent %s %s (%s)", action, subsystem, header)
+		_, devpath, _ := strings.Cut(header, "@")
+		return true, lastPCIAddress(devpath), fmt.Sprintf("uevent %s %s (%s)", action, subsystem, header)
 	}
-	return false, ""
+	return false, "", ""
+}
+
+// lastPCIAddress returns the deepest path component that is a PCI
+// function address: the function itself, or the one a netdev hangs off.
+func lastPCIAddress(devpath string) sysfs.Address {
+	parts := strings.Split(devpath, "/")
+	for i := len(parts) - 1; i >= 0; i-- {
+		if a, err := sysfs.ParseAddress(parts[i]); err == nil {
+			return a
+		}
+	}
+	return ""
 }
 
 // ueventSource listens to kernel uevents (NETLINK_KOBJECT_UEVENT). It needs
@@ -54,14 +71,14 @@ func openUevents() (*ueventSource, error) {
 }
 
 // run calls notify for each relevant uevent until ctx ends or the socket
-// fails.
-func (u *ueventSource) run(ctx context.Context, notify func(string)) error {
+// fails; addr is "" when everything should be rescanned.
+func (u *ueventSource) run(ctx context.Context, notify func(reason string, addr sysfs.Address)) error {
 	go func() { <-ctx.Done(); u.f.Close() }()
 	buf := make([]byte, 64*1024)
 	for {
 		n, err := u.f.Read(buf)
 		if errors.Is(err, unix.ENOBUFS) {
-			notify("uevent queue overflowed; rescanning")
+			notify("uevent queue overflowed", "")
 			continue
 		}
 		if err != nil {
@@ -70,8 +87,8 @@ func (u *ueventSource) run(ctx context.Context, notify func(string)) error {
 			}
 			return fmt.Errorf("read uevents: %w", err)
 		}
-		if ok, why := relevantUevent(buf[:n]); ok {
-			notify(why)
+		if ok, addr, why := relevantUevent(buf[:n]); ok {
+			notify(why, addr)
 		}
 	}
 }

@@ -4,8 +4,8 @@ import (
 	"net/http"
 )
 
-// HealthHandler serves /healthz (liveness: the main loop is turning) and
-// /readyz (readiness: every pool is registered with kubelet).
+// HealthHandler serves /healthz (liveness: the main loop is turning),
+// /readyz (readiness: every pool is registered with kubelet) and /metrics.
 func HealthHandler(m *Manager) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -22,5 +22,6 @@ func HealthHandler(m *Manager) http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	mux.Handle("/metrics", m.Metrics().Handler())
 	return mux
 }

@@ -18,6 +18,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
 	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
@@ -41,8 +42,9 @@ type Options struct {
 	// Uevents listens to kernel uevents; needs the host network namespace.
 	Uevents     bool
 	ScanOptions []sysfs.ScanOption
-	Specs       SpecSyncer // nil: no CDI specs written
-	Prepare     Preparer   // nil: nothing prepared (kernel pools only)
+	Specs       SpecSyncer       // nil: no CDI specs written
+	Prepare     Preparer         // nil: nothing prepared (kernel pools only)
+	Metrics     *metrics.Metrics // nil: a private registry nobody scrapes
 	Log         *zap.Logger
 }
 
@@ -90,6 +92,9 @@ func NewManager(opts Options) (*Manager, error) {
 	}
 	if opts.Prepare == nil {
 		opts.Prepare = noPrepare{}
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
 	}
 	b, err := os.ReadFile(opts.ConfigPath)
 	if err != nil {
@@ -246,7 +251,9 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 			addrs = append(addrs, a)
 		}
 		h = sysfs.Refresh(m.opts.Root, m.host, addrs, m.opts.ScanOptions...)
+		m.opts.Metrics.Rescans.WithLabelValues("refresh").Inc()
 	} else {
+		m.opts.Metrics.Rescans.WithLabelValues("full").Inc()
 		var err error
 		if h, err = sysfs.Scan(m.opts.Root, m.opts.ScanOptions...); err != nil {
 			return err
@@ -260,6 +267,7 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 		m.lastWarn = h.Warnings
 	}
 	plan := pool.Build(m.cfg, h)
+	m.recordPlan(plan)
 	if m.opts.Specs != nil {
 		if err := m.opts.Specs.Sync(plan, h); err != nil {
 			return fmt.Errorf("write CDI specs: %w", err)
@@ -277,7 +285,7 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 			}
 			continue
 		}
-		srv := newPoolServer(p, m.opts.Root.Dev, m.opts.Prepare, m.log)
+		srv := newPoolServer(p, m.opts.Root.Dev, m.opts.Prepare, m.opts.Metrics, m.log)
 		ep := newEndpoint(m.opts.DevicePluginDir, p.Resource, srv, &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true}, m.log.With(zap.String("pool", p.Name)))
 		if err := ep.serve(); err != nil {
 			return err
@@ -345,6 +353,7 @@ func (m *Manager) register(ctx context.Context, e *managed) {
 		return
 	}
 	m.registrations.Add(1)
+	m.opts.Metrics.Registrations.WithLabelValues(e.ep.resource).Inc()
 	m.log.Info("registered with kubelet", zap.String("resource", e.ep.resource))
 }
 
@@ -386,6 +395,28 @@ func (m *Manager) shutdown() {
 	}
 	m.log.Info("stopped; every pool sent an empty list and removed its socket")
 }
+
+// recordPlan publishes device and refusal counts per pool.
+func (m *Manager) recordPlan(plan *pool.Plan) {
+	mt := m.opts.Metrics
+	mt.Devices.Reset()
+	mt.Refused.Reset()
+	for i := range plan.Pools {
+		p := &plan.Pools[i]
+		bad := unhealthyUnits(p)
+		mt.Devices.WithLabelValues(p.Name, "healthy").Set(float64(len(p.Units) - bad))
+		mt.Devices.WithLabelValues(p.Name, "unhealthy").Set(float64(bad))
+		mt.Refused.WithLabelValues(p.Name).Set(0)
+	}
+	for _, r := range plan.Unselected {
+		if r.Pool != "" {
+			mt.Refused.WithLabelValues(r.Pool).Inc()
+		}
+	}
+}
+
+// Metrics returns the metrics the manager records.
+func (m *Manager) Metrics() *metrics.Metrics { return m.opts.Metrics }
 
 func unhealthyUnits(p *pool.Pool) int {
 	n := 0

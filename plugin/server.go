@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -14,6 +15,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
 	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
@@ -36,6 +38,7 @@ type poolServer struct {
 	log      *zap.Logger
 	prepare  Preparer
 	devRoot  string
+	metrics  *metrics.Metrics
 
 	mu       sync.Mutex
 	pool     *pool.Pool             // current plan of this pool
@@ -48,13 +51,13 @@ type poolServer struct {
 
 var _ pluginapi.DevicePluginServer = (*poolServer)(nil)
 
-func newPoolServer(p *pool.Pool, devRoot string, prep Preparer, log *zap.Logger) *poolServer {
+func newPoolServer(p *pool.Pool, devRoot string, prep Preparer, mt *metrics.Metrics, log *zap.Logger) *poolServer {
 	if prep == nil {
 		prep = noPrepare{}
 	}
 	return &poolServer{
 		resource: p.Resource, log: log.With(zap.String("pool", p.Name), zap.String("resource", p.Resource)),
-		prepare: prep, devRoot: devRoot, pool: p, cfg: p.Config,
+		prepare: prep, devRoot: devRoot, metrics: mt, pool: p, cfg: p.Config,
 		changed: make(chan struct{}), inFlight: map[sysfs.Address]bool{},
 	}
 }
@@ -154,7 +157,19 @@ func (s *poolServer) GetPreferredAllocation(_ context.Context, req *pluginapi.Pr
 // container with CDI devices, env and, when configured, device nodes and
 // CDI annotations. It never returns a partial answer.
 func (s *poolServer) Allocate(ctx context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
+	start := time.Now()
 	p, cfg, _, _ := s.snapshot()
+	resp, err := s.allocate(ctx, p, cfg, req)
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	s.metrics.Allocations.WithLabelValues(p.Name, result).Inc()
+	s.metrics.AllocateSeconds.WithLabelValues(p.Name).Observe(time.Since(start).Seconds())
+	return resp, err
+}
+
+func (s *poolServer) allocate(ctx context.Context, p *pool.Pool, cfg *config.Pool, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
 	var all []pool.Unit
 	per := make([][]pool.Unit, len(req.GetContainerRequests()))
 	for i, cr := range req.GetContainerRequests() {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin"
+	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
@@ -23,7 +24,7 @@ func pluginCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "device-plugin-dir", Value: "/var/lib/kubelet/device-plugins", Usage: "kubelet's device plugin directory", Sources: ucli.EnvVars("SRIOV_CDI_DEVICE_PLUGIN_DIR")},
 			&ucli.StringFlag{Name: "cdi-dir", Value: "/var/run/cdi", Usage: "where CDI specs are written", Sources: ucli.EnvVars("SRIOV_CDI_CDI_DIR")},
 			&ucli.StringFlag{Name: "state-file", Value: "/var/lib/sriov-cdi/state.json", Usage: "binding state (original drivers, operation in flight)", Sources: ucli.EnvVars("SRIOV_CDI_STATE_FILE")},
-			&ucli.StringFlag{Name: "health-addr", Value: ":8082", Usage: "address of /healthz and /readyz (empty: off)", Sources: ucli.EnvVars("SRIOV_CDI_HEALTH_ADDR")},
+			&ucli.StringFlag{Name: "health-addr", Value: ":8082", Usage: "address of /healthz, /readyz and /metrics (empty: off)", Sources: ucli.EnvVars("SRIOV_CDI_HEALTH_ADDR")},
 			&ucli.DurationFlag{Name: "rescan-interval", Value: 5 * time.Second, Usage: "safety-net rescan period", Sources: ucli.EnvVars("SRIOV_CDI_RESCAN_INTERVAL")},
 			&ucli.BoolFlag{Name: "uevents", Value: true, Usage: "react to kernel uevents (needs the host network namespace)", Sources: ucli.EnvVars("SRIOV_CDI_UEVENTS")},
 		),
@@ -44,6 +45,7 @@ func pluginCommand() *ucli.Command {
 				RescanInterval:  cmd.Duration("rescan-interval"),
 				Uevents:         cmd.Bool("uevents"),
 				ScanOptions:     scanOptions(root),
+				Metrics:         metrics.New(),
 				Log:             log,
 			}
 			if err := wirePlugin(ctx, cmd, &opts, log); err != nil {

@@ -18,6 +18,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
 	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
@@ -45,7 +46,10 @@ type Options struct {
 	Specs       SpecSyncer       // nil: no CDI specs written
 	Prepare     Preparer         // nil: nothing prepared (kernel pools only)
 	Metrics     *metrics.Metrics // nil: a private registry nobody scrapes
-	Log         *zap.Logger
+	// DeviceInfo writes Multus device-info files for allocated network
+	// VFs; nil: none written.
+	DeviceInfo *deviceinfo.Writer
+	Log        *zap.Logger
 }
 
 // Manager runs one endpoint per pool and keeps them in step with the host,
@@ -273,6 +277,7 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 			return fmt.Errorf("write CDI specs: %w", err)
 		}
 	}
+	m.pruneDeviceInfo(plan)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	want := map[string]bool{}
@@ -286,6 +291,7 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 			continue
 		}
 		srv := newPoolServer(p, m.opts.Root.Dev, m.opts.Prepare, m.opts.Metrics, m.log)
+		srv.devinfo = m.opts.DeviceInfo
 		ep := newEndpoint(m.opts.DevicePluginDir, p.Resource, srv, &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true}, m.log.With(zap.String("pool", p.Name)))
 		if err := ep.serve(); err != nil {
 			return err
@@ -394,6 +400,39 @@ func (m *Manager) shutdown() {
 		delete(m.endpoints, res)
 	}
 	m.log.Info("stopped; every pool sent an empty list and removed its socket")
+}
+
+// pruneDeviceInfo removes device-info files of devices no pool advertises
+// any more.
+func (m *Manager) pruneDeviceInfo(plan *pool.Plan) {
+	if m.opts.DeviceInfo == nil {
+		return
+	}
+	seen := map[string]bool{}
+	for i := range plan.Pools {
+		p := &plan.Pools[i]
+		seen[p.Resource] = true
+		keep := map[sysfs.Address]bool{}
+		for _, u := range p.Units {
+			keep[u.ID] = true
+		}
+		if err := m.opts.DeviceInfo.Prune(p.Resource, keep); err != nil {
+			m.log.Warn("prune device-info files", zap.String("pool", p.Name), zap.Error(err))
+		}
+	}
+	m.mu.Lock()
+	var gone []string
+	for res := range m.endpoints {
+		if !seen[res] {
+			gone = append(gone, res)
+		}
+	}
+	m.mu.Unlock()
+	for _, res := range gone {
+		if err := m.opts.DeviceInfo.Prune(res, nil); err != nil {
+			m.log.Warn("prune device-info files", zap.String("resource", res), zap.Error(err))
+		}
+	}
 }
 
 // recordPlan publishes device and refusal counts per pool.

@@ -21,6 +21,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
@@ -64,6 +65,7 @@ func startHarness(t testing.TB, pfs, vfs int, cfg string, prep Preparer, log *za
 	mgr, err := NewManager(Options{
 		ConfigPath: h.cfgPath, Root: sysfs.Root{Sys: b.Sys(), Dev: b.Dev()}, DevicePluginDir: h.dpDir,
 		RescanInterval: 50 * time.Millisecond, Prepare: prep, Log: log,
+		DeviceInfo: &deviceinfo.Writer{Dir: filepath.Join(h.dir, "devinfo")},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -356,6 +358,13 @@ pools:
 		t.Errorf("annotations (-want +got)\n%s", diff)
 	}
 
+	// Multus device-info files for the network VFs handed out.
+	for _, f := range []string{"example.com-vf-a-0000:01:00.1-device.json", "example.com-vf-a-0000:01:00.2-device.json", "example.com-vf-b-0000:02:00.1-device.json"} {
+		if _, err := os.Stat(filepath.Join(h.dir, "devinfo", f)); err != nil {
+			t.Errorf("device-info file: %v", err)
+		}
+	}
+
 	// Errors name the device.
 	_, err = a.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"0000:09:00.1"}}}})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `unknown device "0000:09:00.1"`) {
@@ -374,6 +383,22 @@ pools:
 	}
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), `device "0000:02:00.2" is unhealthy: no driver bound`) {
 		t.Errorf("unhealthy device: %v", err)
+	}
+	// A VF that goes away loses its device-info file.
+	if err := sysfstest.SetNumVFs(filepath.Join(h.dir, "host"), "0000:01:00.0", 1); err != nil {
+		t.Fatal(err)
+	}
+	gone := filepath.Join(h.dir, "devinfo", "example.com-vf-a-0000:01:00.2-device.json")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(gone); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("device-info file of a removed VF still there")
+		}
+	}
+	if _, err := os.Stat(filepath.Join(h.dir, "devinfo", "example.com-vf-a-0000:01:00.1-device.json")); err != nil {
+		t.Errorf("device-info file of a remaining VF: %v", err)
 	}
 }
 

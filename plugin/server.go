@@ -15,6 +15,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
 	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
@@ -39,6 +40,7 @@ type poolServer struct {
 	prepare  Preparer
 	devRoot  string
 	metrics  *metrics.Metrics
+	devinfo  *deviceinfo.Writer // nil: no device-info files
 
 	mu       sync.Mutex
 	pool     *pool.Pool             // current plan of this pool
@@ -193,6 +195,12 @@ func (s *poolServer) allocate(ctx context.Context, p *pool.Pool, cfg *config.Poo
 	if err := s.prepare.Prepare(ctx, cfg, all); err != nil {
 		s.log.Error("allocate failed", zap.Strings("devices", unitIDs(all)), zap.Error(err))
 		return nil, status.Errorf(codes.Internal, "allocate %s: %v", s.resource, err)
+	}
+	if s.devinfo != nil {
+		// Auxiliary for Multus: a failure is logged, not fatal.
+		if err := s.devinfo.Write(s.resource, all); err != nil {
+			s.log.Warn("device-info files not written", zap.Strings("devices", unitIDs(all)), zap.Error(err))
+		}
 	}
 	resp := &pluginapi.AllocateResponse{}
 	for i, units := range per {

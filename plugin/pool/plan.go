@@ -23,6 +23,7 @@ type Unit struct {
 	PF       sysfs.Address   `json:"pf,omitempty"`
 	VFIndex  int             `json:"vfIndex"`
 	Driver   string          `json:"driver"`
+	Class    string          `json:"class"`
 	Netdevs  []string        `json:"netdevs,omitempty"`
 	Healthy  bool            `json:"healthy"`
 	// Reason says why the unit is unhealthy.
@@ -200,7 +201,7 @@ func groupMembers(g string, idx int, pc *config.Pool, owner map[sysfs.Address]in
 }
 
 func newUnit(d *sysfs.Device, members []sysfs.Address) Unit {
-	u := Unit{ID: d.Address, Members: members, Group: d.IOMMUGroup, NUMANode: d.NUMANode, PF: d.PhysFn, VFIndex: d.VFIndex, Driver: d.Driver}
+	u := Unit{ID: d.Address, Members: members, Group: d.IOMMUGroup, NUMANode: d.NUMANode, PF: d.PhysFn, VFIndex: d.VFIndex, Driver: d.Driver, Class: d.Class}
 	for _, n := range d.Netdevs {
 		u.Netdevs = append(u.Netdevs, n.Name)
 	}

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin"
+	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
@@ -26,6 +27,7 @@ func pluginCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "state-file", Value: "/var/lib/sriov-cdi/state.json", Usage: "binding state (original drivers, operation in flight)", Sources: ucli.EnvVars("SRIOV_CDI_STATE_FILE")},
 			&ucli.StringFlag{Name: "health-addr", Value: ":8082", Usage: "address of /healthz, /readyz and /metrics (empty: off)", Sources: ucli.EnvVars("SRIOV_CDI_HEALTH_ADDR")},
 			&ucli.DurationFlag{Name: "rescan-interval", Value: 5 * time.Second, Usage: "safety-net rescan period", Sources: ucli.EnvVars("SRIOV_CDI_RESCAN_INTERVAL")},
+			&ucli.StringFlag{Name: "device-info-dir", Value: deviceinfo.DefaultDir, Usage: "where Multus device-info files for allocated network VFs go (empty: none)", Sources: ucli.EnvVars("SRIOV_CDI_DEVICE_INFO_DIR")},
 			&ucli.BoolFlag{Name: "uevents", Value: true, Usage: "react to kernel uevents (needs the host network namespace)", Sources: ucli.EnvVars("SRIOV_CDI_UEVENTS")},
 		),
 		Action: func(ctx context.Context, cmd *ucli.Command) error {
@@ -47,6 +49,9 @@ func pluginCommand() *ucli.Command {
 				ScanOptions:     scanOptions(root),
 				Metrics:         metrics.New(),
 				Log:             log,
+			}
+			if dir := cmd.String("device-info-dir"); dir != "" {
+				opts.DeviceInfo = &deviceinfo.Writer{Dir: dir}
 			}
 			if err := wirePlugin(ctx, cmd, &opts, log); err != nil {
 				return err

@@ -1,0 +1,125 @@
+// Package deviceinfo writes device-information files per the Kubernetes
+// Network Plumbing Working Group's device-info specification (v1.1.0), so
+// that Multus can hand SR-IOV CNI the PCI address of the VF a pod got. One
+// file per allocated network VF, in DefaultDir, named
+// "<resource with '/' as '-'>-<device ID>-device.json".
+package deviceinfo
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+)
+
+// DefaultDir is where Multus looks for device plugins' files.
+const DefaultDir = "/var/run/k8s.cni.cncf.io/devinfo/dp"
+
+// SpecVersion is the device-info specification version written.
+const SpecVersion = "1.1.0"
+
+// Info is the file's content.
+type Info struct {
+	Type    string `json:"type"`
+	Version string `json:"version"`
+	PCI     *PCI   `json:"pci,omitempty"`
+}
+
+// PCI is the "pci" member of Info.
+type PCI struct {
+	PCIAddress   string `json:"pci-address"`
+	PFPCIAddress string `json:"pf-pci-address,omitempty"`
+}
+
+// For returns the file content for a unit, and false when the unit is not a
+// network function (PCI class 02) and needs no file.
+func For(u pool.Unit) (Info, bool) {
+	if !strings.HasPrefix(u.Class, "02") {
+		return Info{}, false
+	}
+	return Info{Type: "pci", Version: SpecVersion, PCI: &PCI{PCIAddress: string(u.ID), PFPCIAddress: string(u.PF)}}, true
+}
+
+// FileName is the spec's file name for a device of a resource.
+func FileName(resource string, id sysfs.Address) string {
+	return strings.ReplaceAll(resource, "/", "-") + "-" + string(id) + "-device.json"
+}
+
+// Writer writes and removes the files of one directory.
+type Writer struct{ Dir string }
+
+// Write writes the files of the units that are network functions,
+// atomically (temporary file and rename).
+func (w Writer) Write(resource string, units []pool.Unit) error {
+	if err := os.MkdirAll(w.Dir, 0o755); err != nil {
+		return fmt.Errorf("create device-info directory: %w", err)
+	}
+	for _, u := range units {
+		info, ok := For(u)
+		if !ok {
+			continue
+		}
+		b, err := json.Marshal(info)
+		if err != nil {
+			return err
+		}
+		path := filepath.Join(w.Dir, FileName(resource, u.ID))
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o644); err != nil {
+			return fmt.Errorf("write device-info file for %s: %w", u.ID, err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("write device-info file for %s: %w", u.ID, err)
+		}
+	}
+	return nil
+}
+
+// Remove deletes the files of the given devices (released ones).
+func (w Writer) Remove(resource string, ids ...sysfs.Address) error {
+	var errs []error
+	for _, id := range ids {
+		if err := os.Remove(filepath.Join(w.Dir, FileName(resource, id))); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove device-info file for %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Prune deletes the files of resource whose device is not in keep (devices
+// no longer advertised). Files of other resources are not touched.
+func (w Writer) Prune(resource string, keep map[sysfs.Address]bool) error {
+	entries, err := os.ReadDir(w.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list device-info directory: %w", err)
+	}
+	prefix := strings.ReplaceAll(resource, "/", "-") + "-"
+	var stale []sysfs.Address
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok {
+			continue
+		}
+		id, ok := strings.CutSuffix(rest, "-device.json")
+		if !ok {
+			continue
+		}
+		a, err := sysfs.ParseAddress(id)
+		if err != nil {
+			continue // another resource sharing our prefix, or not ours
+		}
+		if !keep[a] {
+			stale = append(stale, a)
+		}
+	}
+	return w.Remove(resource, stale...)
+}

@@ -1,0 +1,61 @@
+package deviceinfo
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+)
+
+func TestWritePruneRemove(t *testing.T) {
+	w := Writer{Dir: filepath.Join(t.TempDir(), "dp")}
+	units := []pool.Unit{
+		{ID: "0000:3b:02.0", PF: "0000:3b:00.0", Class: "020000"},
+		{ID: "0000:3b:02.1", PF: "0000:3b:00.0", Class: "020000"},
+		{ID: "0000:01:00.1", PF: "0000:01:00.0", Class: "010802"}, // NVMe VF: no file
+	}
+	if err := w.Write("example.com/vf", units); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write("example.com/vf-other", units[:1]); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(w.Dir, "example.com-vf-0000:3b:02.0-device.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(`{"type":"pci","version":"1.1.0","pci":{"pci-address":"0000:3b:02.0","pf-pci-address":"0000:3b:00.0"}}`, string(b)); diff != "" {
+		t.Errorf("content (-want +got)\n%s", diff)
+	}
+	if err := w.Prune("example.com/vf", map[sysfs.Address]bool{"0000:3b:02.1": true}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"example.com-vf-0000:3b:02.1-device.json", "example.com-vf-other-0000:3b:02.0-device.json"}, files(t, w.Dir)); diff != "" {
+		t.Errorf("after prune (-want +got)\n%s", diff)
+	}
+	if err := w.Remove("example.com/vf", "0000:3b:02.1", "0000:3b:02.7"); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"example.com-vf-other-0000:3b:02.0-device.json"}, files(t, w.Dir)); diff != "" {
+		t.Errorf("after remove (-want +got)\n%s", diff)
+	}
+}
+
+func files(t *testing.T, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range es {
+		out = append(out, e.Name())
+	}
+	sort.Strings(out)
+	return out
+}

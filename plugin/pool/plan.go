@@ -180,8 +180,11 @@ func groupMembers(g string, idx int, pc *config.Pool, owner map[sysfs.Address]in
 	var members []sysfs.Address
 	for _, a := range h.Groups[g] {
 		m := h.Device(a)
+		if isPCIBridge(m.Class) {
+			continue // vfio accepts PCI-to-PCI bridges in a group; they stay with the host
+		}
 		if m.IsBridge() {
-			continue // vfio accepts bridges in a group; they stay with the host
+			return nil, fmt.Sprintf("group %s also holds %s, a host bridge or controller (class %s); the group cannot leave the host", g, a, m.Class)
 		}
 		if m.IsPFWithVFs() {
 			return nil, fmt.Sprintf("group %s also holds %s, a PF with %d VFs enabled; the group is not viable for vfio", g, a, m.SRIOV.NumVFs)
@@ -198,6 +201,12 @@ func groupMembers(g string, idx int, pc *config.Pool, owner map[sysfs.Address]in
 		members = append(members, a)
 	}
 	return members, ""
+}
+
+// isPCIBridge: PCI-to-PCI bridges (root ports, switch ports), normal or
+// subtractive, which vfio tolerates in a group and leaves alone.
+func isPCIBridge(class string) bool {
+	return strings.HasPrefix(class, "0604") || strings.HasPrefix(class, "0609")
 }
 
 func newUnit(d *sysfs.Device, members []sysfs.Address) Unit {

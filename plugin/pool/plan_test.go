@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -168,6 +169,38 @@ func TestBuildKernelHealth(t *testing.T) {
 	}
 	if got := plan.Pool("k").Unit("0000:3b:02.0").Reason; got != "PF 0000:3b:00.0 link ens1f0 is down" {
 		t.Errorf("reason = %q", got)
+	}
+}
+
+// TestBuildHostControllerGroup: the ICH9 functions of the real-kernel
+// snapshot share group 4 with an LPC bridge; a pool selecting the SATA
+// controller must refuse the group, while a root port in a group is left
+// alone.
+func TestBuildHostControllerGroup(t *testing.T) {
+	root, err := sample.Extract(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := sysfs.Scan(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := mustConfig(t, `pools: [{name: sata, mode: vfio, selectors: {pciAddresses: ["0000:00:1f.2"]}}]`)
+	plan := Build(c, h)
+	if len(plan.Pool("sata").Units) != 0 {
+		t.Fatalf("units = %+v", plan.Pool("sata").Units)
+	}
+	want := Refusal{"0000:00:1f.2", "sata", "group 4 also holds 0000:00:1f.0, a host bridge or controller (class 060100); the group cannot leave the host"}
+	if !slices.Contains(plan.Unselected, want) {
+		t.Errorf("unselected lacks %+v:\n%+v", want, plan.Unselected)
+	}
+
+	// A root port sharing the group (no ACS) is tolerated and not a member.
+	port := &sysfs.Device{Address: "0000:00:01.0", Class: "060400", Driver: "pcieport", IOMMUGroup: "9", VFIndex: -1, NUMANode: -1}
+	ep := &sysfs.Device{Address: "0000:01:00.0", Vendor: "1af4", Class: "020000", IOMMUGroup: "9", VFIndex: -1, NUMANode: -1}
+	plan = Build(mustConfig(t, `pools: [{name: nic, mode: vfio, selectors: {vendors: ["1af4"]}}]`), sysfs.NewHost([]*sysfs.Device{port, ep}, nil))
+	if u := plan.Pool("nic").Units; len(u) != 1 || !slices.Equal(u[0].Members, []sysfs.Address{"0000:01:00.0"}) {
+		t.Errorf("units = %+v", u)
 	}
 }
 

@@ -61,11 +61,16 @@ type Manager struct {
 	cfg      *config.Config
 	cfgBytes []byte
 
+	planMu sync.Mutex // serialises replans (loop, reload, Allocate)
+
 	mu        sync.Mutex
 	endpoints map[string]*managed // by resource
 	lastWarn  []sysfs.Warning
 
-	kick          chan trigger
+	kick chan trigger
+	// startupFailed: units of bindAt: startup pools whose binding failed,
+	// not retried until the config changes (Allocate still tries).
+	startupFailed map[sysfs.Address]bool
 	host          *sysfs.Host  // last scan; owned by the Run goroutine
 	alive         atomic.Int64 // unix nanos of the last loop turn
 	registrations atomic.Int64
@@ -189,6 +194,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err := m.replan(ctx, nil); err != nil {
 		return err
 	}
+	m.bindStartupPools(ctx)
 	m.registerAll(ctx)
 
 	ticker := time.NewTicker(m.opts.RescanInterval)
@@ -230,8 +236,10 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			m.replanLogged(ctx, pending)
 			pending = map[sysfs.Address]bool{}
+			m.bindStartupPools(ctx)
 		case <-ticker.C:
 			m.replanLogged(ctx, nil)
+			m.bindStartupPools(ctx)
 			m.registerMissing(ctx)
 		}
 	}
@@ -248,6 +256,8 @@ func (m *Manager) replanLogged(ctx context.Context, only map[sysfs.Address]bool)
 // updates, starts or stops endpoints. Specs are written before any device
 // is advertised.
 func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error {
+	m.planMu.Lock()
+	defer m.planMu.Unlock()
 	var h *sysfs.Host
 	if only != nil && m.host != nil {
 		addrs := make([]sysfs.Address, 0, len(only))
@@ -292,6 +302,7 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 		}
 		srv := newPoolServer(p, m.opts.Root.Dev, m.opts.Prepare, m.opts.Metrics, m.log)
 		srv.devinfo = m.opts.DeviceInfo
+		srv.refresh = m.refreshNow
 		ep := newEndpoint(m.opts.DevicePluginDir, p.Resource, srv, &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true}, m.log.With(zap.String("pool", p.Name)))
 		if err := ep.serve(); err != nil {
 			return err
@@ -333,7 +344,10 @@ func (m *Manager) reload(ctx context.Context) {
 		m.cfgBytes = b
 		return
 	}
+	m.planMu.Lock()
 	m.cfg, m.cfgBytes = cfg, b
+	m.startupFailed = nil
+	m.planMu.Unlock()
 	m.log.Info("config reloaded", zap.String("config", m.opts.ConfigPath), zap.Int("pools", len(cfg.Pools)))
 	m.replanLogged(ctx, nil)
 	m.registerMissing(ctx)
@@ -400,6 +414,70 @@ func (m *Manager) shutdown() {
 		delete(m.endpoints, res)
 	}
 	m.log.Info("stopped; every pool sent an empty list and removed its socket")
+}
+
+// bindStartupPools binds the units of vfio pools with bindAt: startup that
+// are not bound yet (at start, and when new units appear), with the same
+// interlocks as Allocate.
+func (m *Manager) bindStartupPools(ctx context.Context) {
+	m.planMu.Lock()
+	h, cfg := m.host, m.cfg
+	m.planMu.Unlock()
+	if h == nil {
+		return
+	}
+	if m.startupFailed == nil {
+		m.startupFailed = map[sysfs.Address]bool{}
+	}
+	plan := pool.Build(cfg, h)
+	for i := range plan.Pools {
+		p := &plan.Pools[i]
+		if p.Mode != config.ModeVFIO || p.Config.BindAt != config.BindAtStartup {
+			continue
+		}
+		var todo []pool.Unit
+		var addrs []sysfs.Address
+		for _, u := range p.Units {
+			if !m.startupFailed[u.ID] && !allBound(h, u) {
+				todo = append(todo, u)
+				addrs = append(addrs, u.Members...)
+			}
+		}
+		if len(todo) == 0 {
+			continue
+		}
+		if err := m.opts.Prepare.Prepare(ctx, p.Config, todo); err != nil {
+			for _, u := range todo {
+				m.startupFailed[u.ID] = true
+			}
+			m.log.Error("binding at startup failed; Allocate will try again", zap.String("pool", p.Name), zap.Strings("devices", unitIDs(todo)), zap.Error(err))
+		} else {
+			m.log.Info("bound at startup", zap.String("pool", p.Name), zap.Strings("devices", unitIDs(todo)))
+		}
+		if err := m.refreshNow(ctx, addrs); err != nil {
+			m.log.Error("rescan after binding at startup", zap.Error(err))
+		}
+	}
+}
+
+func allBound(h *sysfs.Host, u pool.Unit) bool {
+	for _, a := range u.Members {
+		if d := h.Device(a); d == nil || d.Driver != "vfio-pci" {
+			return false
+		}
+	}
+	return true
+}
+
+// refreshNow re-reads addrs and replans at once (not debounced): Allocate
+// calls it after binding so that specs and lists match the host before it
+// answers.
+func (m *Manager) refreshNow(ctx context.Context, addrs []sysfs.Address) error {
+	only := make(map[sysfs.Address]bool, len(addrs))
+	for _, a := range addrs {
+		only[a] = true
+	}
+	return m.replan(ctx, only)
 }
 
 // pruneDeviceInfo removes device-info files of devices no pool advertises

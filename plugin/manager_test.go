@@ -335,11 +335,13 @@ pools:
 			merged[k] = v
 		}
 	}
+	// '-' stays: KubeVirt computes PCI_RESOURCE_<name> by replacing only
+	// '.' and '/'.
 	wantEnv := map[string]string{
-		"PCIDEVICE_EXAMPLE_COM_VF_A":    "0000:01:00.2,0000:01:00.1",
-		"PCI_RESOURCE_EXAMPLE_COM_VF_A": "0000:01:00.2,0000:01:00.1",
-		"PCIDEVICE_EXAMPLE_COM_VF_B":    "0000:02:00.1",
-		"PCI_RESOURCE_EXAMPLE_COM_VF_B": "0000:02:00.1",
+		"PCIDEVICE_EXAMPLE_COM_VF-A":    "0000:01:00.2,0000:01:00.1",
+		"PCI_RESOURCE_EXAMPLE_COM_VF-A": "0000:01:00.2,0000:01:00.1",
+		"PCIDEVICE_EXAMPLE_COM_VF-B":    "0000:02:00.1",
+		"PCI_RESOURCE_EXAMPLE_COM_VF-B": "0000:02:00.1",
 	}
 	if diff := cmp.Diff(wantEnv, merged); diff != "" {
 		t.Errorf("env (-want +got)\n%s", diff)
@@ -515,17 +517,5 @@ func TestRelevantUevent(t *testing.T) {
 				t.Errorf("relevantUevent = %v, %q; want %v, %q", got, addr, tc.want, tc.addr)
 			}
 		})
-	}
-}
-
-func TestEnvName(t *testing.T) {
-	for in, want := range map[string]string{
-		"sriov-cdi.io/nvme-vf":            "SRIOV_CDI_IO_NVME_VF",
-		"intel.com/intel_sriov_netdevice": "INTEL_COM_INTEL_SRIOV_NETDEVICE",
-		"example.com/gpu.a100":            "EXAMPLE_COM_GPU_A100",
-	} {
-		if got := EnvName(in); got != want {
-			t.Errorf("EnvName(%q) = %q, want %q", in, got, want)
-		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/sriov-cdi/sriov-cdi/cdi"
 	"github.com/sriov-cdi/sriov-cdi/plugin/config"
 	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
@@ -41,6 +42,9 @@ type poolServer struct {
 	devRoot  string
 	metrics  *metrics.Metrics
 	devinfo  *deviceinfo.Writer // nil: no device-info files
+	// refresh re-reads the given functions and rewrites CDI specs; called
+	// after Prepare changed drivers, before Allocate answers.
+	refresh func(ctx context.Context, addrs []sysfs.Address) error
 
 	mu       sync.Mutex
 	pool     *pool.Pool             // current plan of this pool
@@ -196,6 +200,17 @@ func (s *poolServer) allocate(ctx context.Context, p *pool.Pool, cfg *config.Poo
 		s.log.Error("allocate failed", zap.Strings("devices", unitIDs(all)), zap.Error(err))
 		return nil, status.Errorf(codes.Internal, "allocate %s: %v", s.resource, err)
 	}
+	if cfg.Mode == config.ModeVFIO && s.refresh != nil {
+		// Drivers changed: the next list and the CDI specs must show it
+		// before the runtime injects the devices.
+		var addrs []sysfs.Address
+		for _, u := range all {
+			addrs = append(addrs, u.Members...)
+		}
+		if err := s.refresh(ctx, addrs); err != nil {
+			return nil, status.Errorf(codes.Internal, "allocate %s: %v", s.resource, err)
+		}
+	}
 	if s.devinfo != nil {
 		// Auxiliary for Multus: a failure is logged, not fatal.
 		if err := s.devinfo.Write(s.resource, all); err != nil {
@@ -246,33 +261,26 @@ func (s *poolServer) PreStartContainer(context.Context, *pluginapi.PreStartConta
 	return &pluginapi.PreStartContainerResponse{}, nil
 }
 
-// EnvName turns a resource name into an environment variable suffix:
-// upper case, every '.', '/' and '-' replaced by '_'.
-func EnvName(resource string) string {
-	return strings.NewReplacer(".", "_", "/", "_", "-", "_").Replace(strings.ToUpper(resource))
-}
-
 // containerResponse builds one container's answer. Variable names carry the
 // resource, so answers of two pools for one container never overwrite each
 // other.
 func containerResponse(resource string, cfg *config.Pool, units []pool.Unit, devRoot string, idx int) (*pluginapi.ContainerAllocateResponse, error) {
-	r := &pluginapi.ContainerAllocateResponse{Envs: map[string]string{}}
-	var addrs []string
+	r := &pluginapi.ContainerAllocateResponse{}
+	var addrs []sysfs.Address
 	var cdiNames []string
 	groups := map[string]bool{}
 	for _, u := range units {
-		cdiNames = append(cdiNames, resource+"="+string(u.ID))
-		r.CdiDevices = append(r.CdiDevices, &pluginapi.CDIDevice{Name: resource + "=" + string(u.ID)})
-		for _, m := range u.Members {
-			addrs = append(addrs, string(m))
-		}
+		name := cdi.QualifiedName(resource, u.ID)
+		cdiNames = append(cdiNames, name)
+		r.CdiDevices = append(r.CdiDevices, &pluginapi.CDIDevice{Name: name})
+		addrs = append(addrs, u.Members...)
 		if u.Group != "" {
 			groups[u.Group] = true
 		}
 	}
-	list := strings.Join(addrs, ",")
-	r.Envs["PCIDEVICE_"+EnvName(resource)] = list
-	r.Envs["PCI_RESOURCE_"+EnvName(resource)] = list
+	// Every function handed out, in the formats the SR-IOV device plugin
+	// (Kata's agent remaps it) and KubeVirt use.
+	r.Envs = cdi.AllocateEnv(resource, addrs)
 	if cfg.DeviceNodes && cfg.Mode == config.ModeVFIO {
 		r.Devices = append(r.Devices, &pluginapi.DeviceSpec{ContainerPath: "/dev/vfio/vfio", HostPath: devRoot + "/vfio/vfio", Permissions: "rw"})
 		gs := make([]string, 0, len(groups))

@@ -45,6 +45,10 @@ type Device struct {
 	// vfio-dev/, present while vfio-pci owns the function on kernels with
 	// VFIO device cdev support.
 	VFIODevice string `json:"vfioDevice,omitempty"`
+	// VFIODeviceNode is true when /dev/vfio/devices/<VFIODevice> exists
+	// (kernels with CONFIG_VFIO_DEVICE_CDEV; 6.1 shows vfio-dev/ in sysfs
+	// without the node).
+	VFIODeviceNode bool `json:"vfioDeviceNode,omitempty"`
 	// PhysFn is the PF of a VF, "" for anything else.
 	PhysFn Address `json:"physfn,omitempty"`
 	// VFIndex is N of the PF's virtfnN link to this VF, -1 for non-VFs.

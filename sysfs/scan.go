@@ -130,13 +130,18 @@ func Refresh(root Root, prev *Host, addrs []Address, opts ...ScanOption) *Host {
 }
 
 func newScanner(root Root, opts []ScanOption) *scanner {
-	s := &scanner{root: root, vfioGroups: map[string]bool{}}
+	s := &scanner{root: root, vfioGroups: map[string]bool{}, vfioDevices: map[string]bool{}}
 	for _, o := range opts {
 		o(s)
 	}
 	if groups, err := readDirNames(filepath.Join(root.Dev, "vfio")); err == nil {
 		for _, g := range groups {
 			s.vfioGroups[g] = true
+		}
+	}
+	if names, err := readDirNames(filepath.Join(root.Dev, "vfio", "devices")); err == nil {
+		for _, n := range names {
+			s.vfioDevices[n] = true
 		}
 	}
 	return s
@@ -176,9 +181,10 @@ func sortWarnings(w []Warning) {
 }
 
 type scanner struct {
-	root       Root
-	net        NetUsage
-	vfioGroups map[string]bool
+	root        Root
+	net         NetUsage
+	vfioGroups  map[string]bool
+	vfioDevices map[string]bool // names under /dev/vfio/devices
 }
 
 // readDevice reads one function. It returns nil and a warning when the
@@ -263,6 +269,7 @@ func (s *scanner) readDevice(name string, buf []byte) (*Device, []Warning) {
 	if d.Driver == "vfio-pci" {
 		if names, err := readDirNamesAt(dfd, "vfio-dev"); err == nil && len(names) > 0 {
 			d.VFIODevice = names[0]
+			d.VFIODeviceNode = s.vfioDevices[d.VFIODevice]
 		}
 	}
 	if !d.IsVF() {

@@ -87,6 +87,11 @@ type Pool struct {
 	// CDIAnnotations also returns cdi.k8s.io/* annotations in Allocate for
 	// runtimes that only read annotations.
 	CDIAnnotations bool `json:"cdiAnnotations,omitempty"`
+	// IOMMUFD also puts the iommufd nodes (/dev/vfio/devices/vfioN,
+	// /dev/iommu) in the CDI spec where the host has them. Off by default:
+	// Kata plugs every /dev/vfio node it sees, so a group node plus its
+	// iommufd node would be plugged twice.
+	IOMMUFD bool `json:"iommufd,omitempty"`
 	// Selectors: a device belongs to the pool when it matches any one of
 	// them. Written as one object or a list of objects.
 	Selectors SelectorList `json:"selectors"`
@@ -220,7 +225,7 @@ func (c *Config) applyDefaults() {
 }
 
 var (
-	poolNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$`)
+	poolNameRE = regexp.MustCompile(`^[a-z]([a-z0-9_.-]*[a-z0-9])?$`)
 	prefixRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$`)
 	hex4RE     = regexp.MustCompile(`^[0-9a-fA-F]{4}$`)
 	driverRE   = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
@@ -250,7 +255,7 @@ func (c *Config) Validate() error {
 		case p.Name == "":
 			bad("%s.name: missing; give the pool a name such as \"vf-vfio\" (the resource becomes <prefix>/<name>)", at)
 		case len(p.Name) > 63 || !poolNameRE.MatchString(p.Name):
-			bad("%s.name: %q must be 1-63 lower-case letters, digits, '-', '_' or '.', starting and ending with a letter or digit", at, p.Name)
+			bad("%s.name: %q must be 1-63 lower-case letters, digits, '-', '_' or '.', starting with a letter (it is also the CDI class) and ending with a letter or digit", at, p.Name)
 		}
 		if j, dup := seen[c.Resource(p)]; dup && p.Name != "" {
 			bad("%s.name: resource %q is already defined by pools[%d]; names must be unique", at, c.Resource(p), j)
@@ -280,6 +285,9 @@ func (c *Config) Validate() error {
 			}
 			if p.RestoreOnRelease {
 				bad("%s.restoreOnRelease: only vfio pools rebind; a kernel pool never changes drivers (remove it or set mode: vfio)", at)
+			}
+			if p.IOMMUFD {
+				bad("%s.iommufd: only vfio pools have iommufd nodes (remove it or set mode: vfio)", at)
 			}
 		}
 		if p.Mode == ModeVFIO {

@@ -6,14 +6,20 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	ucli "github.com/urfave/cli/v3"
 	"go.uber.org/zap"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/sriov-cdi/sriov-cdi/cdi"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin"
+	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
 	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
+	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
@@ -28,6 +34,7 @@ func pluginCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "health-addr", Value: ":8082", Usage: "address of /healthz, /readyz and /metrics (empty: off)", Sources: ucli.EnvVars("SRIOV_CDI_HEALTH_ADDR")},
 			&ucli.DurationFlag{Name: "rescan-interval", Value: 5 * time.Second, Usage: "safety-net rescan period", Sources: ucli.EnvVars("SRIOV_CDI_RESCAN_INTERVAL")},
 			&ucli.StringFlag{Name: "device-info-dir", Value: deviceinfo.DefaultDir, Usage: "where Multus device-info files for allocated network VFs go (empty: none)", Sources: ucli.EnvVars("SRIOV_CDI_DEVICE_INFO_DIR")},
+			&ucli.StringFlag{Name: "pod-resources-socket", Value: "/var/lib/kubelet/pod-resources/kubelet.sock", Usage: "kubelet's PodResources API, to learn which devices were released (empty: never restore on release)", Sources: ucli.EnvVars("SRIOV_CDI_POD_RESOURCES_SOCKET")},
 			&ucli.BoolFlag{Name: "uevents", Value: true, Usage: "react to kernel uevents (needs the host network namespace)", Sources: ucli.EnvVars("SRIOV_CDI_UEVENTS")},
 		),
 		Action: func(ctx context.Context, cmd *ucli.Command) error {
@@ -87,7 +94,56 @@ func pluginCommand() *ucli.Command {
 	}
 }
 
-// wirePlugin connects the CDI spec writer and the vfio binder to the plugin.
-func wirePlugin(_ context.Context, _ *ucli.Command, _ *plugin.Options, _ *zap.Logger) error {
+// wirePlugin connects the CDI spec writer, the vfio binder and the
+// release watcher to the plugin.
+func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, log *zap.Logger) error {
+	w, err := cdi.NewWriter(cmd.String("cdi-dir"), log.Named("cdi"))
+	if err != nil {
+		return err
+	}
+	opts.Specs = cdiSyncer{w: w, root: opts.Root}
+
+	var bopts []binding.Option
+	if opts.Root.Sys == "/sys" {
+		bopts = append(bopts, binding.WithNetUsage(func() sysfs.NetUsage { return sysfs.NewLiveNetUsage("/proc") }))
+	}
+	if fault := os.Getenv("SRIOV_CDI_FAULT"); fault != "" {
+		bopts = append(bopts, binding.WithFault(fault))
+	}
+	bm, err := binding.NewManager(opts.Root, cmd.String("state-file"), log.Named("binding"), bopts...)
+	if err != nil {
+		return err
+	}
+	opts.Prepare = binding.ForAllocate{M: bm}
+
+	if sock := cmd.String("pod-resources-socket"); sock != "" {
+		conn, err := binding.DialPodResources(sock)
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer conn.Close()
+			if err := binding.NewWatcher(bm, podresourcesv1.NewPodResourcesListerClient(conn), log.Named("release"), 0, 0).Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("release watcher stopped; released devices stay bound", zap.Error(err))
+			}
+		}()
+	}
 	return nil
+}
+
+// cdiSyncer writes the CDI spec of every pool that has devices.
+type cdiSyncer struct {
+	w    *cdi.Writer
+	root sysfs.Root
+}
+
+var _ plugin.SpecSyncer = cdiSyncer{}
+
+func (s cdiSyncer) Sync(plan *pool.Plan, h *sysfs.Host) error {
+	specs, err := cdi.SpecsFor(plan.Pools, h, s.root)
+	if err != nil {
+		return err
+	}
+	_, err = s.w.Sync(specs)
+	return err
 }

@@ -26,6 +26,9 @@ func NewApp() *ucli.Command {
 			configCommand(),
 			pluginCommand(),
 			versionCommand(),
+			bindCommand(), unbindCommand(), restoreCommand(),
+			cdiCommand(),
+			nriCommand(),
 		},
 		// Errors are returned to main, which prints them once and exits 1.
 		ExitErrHandler: func(context.Context, *ucli.Command, error) {},

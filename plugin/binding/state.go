@@ -1,0 +1,224 @@
+package binding
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+)
+
+// DefaultStatePath is where the state file lives unless --state-file says
+// otherwise.
+const DefaultStatePath = "/var/lib/sriov-cdi/state.json"
+
+// Phase is where a function stands in a driver change.
+type Phase string
+
+const (
+	// PhaseChanging: its original state is recorded and writes may have
+	// started; a crash here is rolled back at the next start.
+	PhaseChanging Phase = "changing"
+	// PhaseDone: it is on its target driver, possibly in use by a pod.
+	PhaseDone Phase = "done"
+	// PhaseRestoring: it is being returned to its original state; a crash
+	// here is completed at the next start.
+	PhaseRestoring Phase = "restoring"
+)
+
+// Origin says who asked for a change.
+type Origin string
+
+const (
+	OriginAllocate Origin = "allocate" // kubelet's Allocate (bindAt: allocate)
+	OriginStartup  Origin = "startup"  // plugin start (bindAt: startup)
+	OriginOperator Origin = "operator" // the bind/unbind commands
+)
+
+// Record is one function whose driver sriov-cdi changed.
+type Record struct {
+	Address sysfs.Address `json:"address"`
+	// Unit is the device ID kubelet knows the function by (the lowest
+	// address of its group's unit).
+	Unit sysfs.Address `json:"unit"`
+	Pool string        `json:"pool"`
+	// Group is the IOMMU group at the time of the change, for messages
+	// only: group numbers change when VFs are re-created.
+	Group string `json:"group,omitempty"`
+	// Original is the driver and driver_override read before the first
+	// write; restoring returns to it.
+	Original sysfs.State `json:"original"`
+	// Target is the driver the change puts the function on ("" = none).
+	Target           string    `json:"target"`
+	Phase            Phase     `json:"phase"`
+	Origin           Origin    `json:"origin"`
+	RestoreOnRelease bool      `json:"restoreOnRelease,omitempty"`
+	SeenAssigned     bool      `json:"seenAssigned,omitempty"`
+	Since            time.Time `json:"since"`
+}
+
+// Op is the operation in flight, kept in the file until it ends.
+type Op struct {
+	Kind    string          `json:"kind"` // "bind", "unbind", "restore", "reconcile"
+	Devices []sysfs.Address `json:"devices"`
+	Started time.Time       `json:"started"`
+	PID     int             `json:"pid"`
+}
+
+// stateData is the file's content.
+type stateData struct {
+	Version int       `json:"version"`
+	Op      *Op       `json:"op,omitempty"`
+	Devices []*Record `json:"devices"` // sorted by address
+}
+
+const stateVersion = 1
+
+// stateFile holds the records in memory and writes them atomically. Not
+// safe for concurrent use: the Manager serialises access.
+type stateFile struct {
+	path string
+	data stateData
+}
+
+func loadState(path string) (*stateFile, error) {
+	s := &stateFile{path: path, data: stateData{Version: stateVersion}}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state file: %w", err)
+	}
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return s, nil
+	}
+	if err := json.Unmarshal(b, &s.data); err != nil {
+		return nil, fmt.Errorf("state file %q is corrupt (check drivers with `sriov-cdi discover`, then fix or remove it): %w", path, err)
+	}
+	if s.data.Version != stateVersion {
+		return nil, fmt.Errorf("state file %q has version %d, this sriov-cdi reads version %d", path, s.data.Version, stateVersion)
+	}
+	for _, r := range s.data.Devices {
+		if r == nil || r.Address == "" {
+			return nil, fmt.Errorf("state file %q is corrupt: a device record has no address", path)
+		}
+	}
+	return s, nil
+}
+
+func (s *stateFile) get(a sysfs.Address) *Record {
+	for _, r := range s.data.Devices {
+		if r.Address == a {
+			return r
+		}
+	}
+	return nil
+}
+
+func (s *stateFile) put(r *Record) {
+	for i, old := range s.data.Devices {
+		if old.Address == r.Address {
+			s.data.Devices[i] = r
+			return
+		}
+	}
+	s.data.Devices = append(s.data.Devices, r)
+	slices.SortFunc(s.data.Devices, func(a, b *Record) int { return strings.Compare(string(a.Address), string(b.Address)) })
+}
+
+func (s *stateFile) drop(a sysfs.Address) {
+	s.data.Devices = slices.DeleteFunc(s.data.Devices, func(r *Record) bool { return r.Address == a })
+}
+
+// records returns copies of every record.
+func (s *stateFile) records() []Record {
+	out := make([]Record, 0, len(s.data.Devices))
+	for _, r := range s.data.Devices {
+		out = append(out, *r)
+	}
+	return out
+}
+
+// save writes the file atomically: a temporary file in the same
+// directory, fsync, rename over the old one, fsync of the directory.
+func (s *stateFile) save() error {
+	if s.data.Devices == nil {
+		s.data.Devices = []*Record{}
+	}
+	b, err := json.MarshalIndent(&s.data, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	dir := filepath.Dir(s.path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".state-*.tmp")
+	if err != nil {
+		return fmt.Errorf("write state file: %w", err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write state file %q: %w", s.path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// lock takes an exclusive flock on the state file's lock file, so that the
+// plugin and an operator's command never change drivers at the same time.
+// It waits until the other process is done.
+func (s *stateFile) lock() (func(), error) {
+	p := s.path + ".lock"
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open state lock: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %q: %w", p, err)
+	}
+	return func() { f.Close() }, nil // closing releases the lock
+}
+
+// reload re-reads the file: another process may have changed it.
+func (s *stateFile) reload() error {
+	n, err := loadState(s.path)
+	if err != nil {
+		return err
+	}
+	s.data = n.data
+	return nil
+}

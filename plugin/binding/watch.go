@@ -1,0 +1,151 @@
+package binding
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+)
+
+// DefaultPodResourcesSocket is kubelet's PodResources endpoint.
+const DefaultPodResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
+
+// PodLister is the part of kubelet's PodResources API the watcher uses.
+type PodLister interface {
+	List(ctx context.Context, in *podresourcesv1.ListPodResourcesRequest, opts ...grpc.CallOption) (*podresourcesv1.ListPodResourcesResponse, error)
+}
+
+var _ PodLister = (podresourcesv1.PodResourcesListerClient)(nil)
+
+// DialPodResources connects to kubelet's PodResources socket (a unix
+// socket path). The connection is lazy: kubelet need not be up yet.
+func DialPodResources(socket string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("connect to kubelet PodResources at %q: %w", socket, err)
+	}
+	return conn, nil
+}
+
+// Watcher releases prepared devices that no pod holds any more. The device
+// plugin API has no "deallocate", so it polls kubelet's PodResources List
+// and calls Manager.Release for units that were assigned and are not now.
+// A unit prepared by Allocate but never seen assigned is released after
+// the grace period (the pod never started); units bound by an operator are
+// released only after a pod has used them, and units bound at startup
+// (bindAt: startup) never: their Allocate does not bind again. Only pools
+// with restoreOnRelease are affected.
+type Watcher struct {
+	m        *Manager
+	lister   PodLister
+	log      *zap.Logger
+	interval time.Duration
+	grace    time.Duration
+}
+
+// NewWatcher returns a watcher polling every interval (default 10 s) with
+// the given grace period (default 2 min) for never-assigned units.
+func NewWatcher(m *Manager, lister PodLister, log *zap.Logger, interval, grace time.Duration) *Watcher {
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
+	if grace <= 0 {
+		grace = 2 * time.Minute
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Watcher{m: m, lister: lister, log: log, interval: interval, grace: grace}
+}
+
+// Run polls until ctx ends. A failed poll (kubelet restarting) is logged
+// and releases nothing.
+func (w *Watcher) Run(ctx context.Context) error {
+	t := time.NewTicker(w.interval)
+	defer t.Stop()
+	for {
+		if err := w.Poll(ctx); err != nil && ctx.Err() == nil {
+			w.log.Warn("release watcher: poll failed; nothing released this round", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Poll lists the devices kubelet has assigned and releases the prepared
+// units that are no longer among them.
+func (w *Watcher) Poll(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, w.interval)
+	defer cancel()
+	resp, err := w.lister.List(cctx, &podresourcesv1.ListPodResourcesRequest{})
+	if err != nil {
+		return fmt.Errorf("list pod resources: %w", err)
+	}
+	assigned := map[sysfs.Address]bool{}
+	for _, p := range resp.GetPodResources() {
+		for _, c := range p.GetContainers() {
+			for _, d := range c.GetDevices() {
+				for _, id := range d.GetDeviceIds() {
+					if a, err := sysfs.ParseAddress(id); err == nil {
+						assigned[a] = true
+					}
+				}
+			}
+		}
+	}
+	release, err := w.m.observe(assigned, w.grace)
+	if err != nil {
+		return err
+	}
+	for _, id := range release {
+		w.log.Info("unit released by kubelet; restoring", zap.String("device", string(id)), zap.String("step", "release"))
+	}
+	// Called even with nothing released: it also retries restores that an
+	// earlier failure left.
+	return w.m.Release(ctx, release)
+}
+
+// observe marks the prepared units seen assigned and returns the units to
+// release: restoreOnRelease records in phase done that are not assigned
+// and either were seen assigned before or came from Allocate longer than
+// grace ago.
+func (m *Manager) observe(assigned map[sysfs.Address]bool, grace time.Duration) ([]sysfs.Address, error) {
+	done, err := m.begin(true)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	dirty := false
+	var release []sysfs.Address
+	now := m.opts.now()
+	for _, r := range m.state.data.Devices {
+		if r.Phase != PhaseDone || !r.RestoreOnRelease || r.Origin == OriginStartup {
+			continue // startup-bound units stay bound: Allocate would not bind them again
+		}
+		switch {
+		case assigned[r.Unit]:
+			if !r.SeenAssigned {
+				r.SeenAssigned, dirty = true, true
+			}
+		case r.SeenAssigned, r.Origin == OriginAllocate && now.Sub(r.Since) > grace:
+			if len(release) == 0 || release[len(release)-1] != r.Unit {
+				release = append(release, r.Unit)
+			}
+		}
+	}
+	if dirty && !m.opts.readOnly {
+		if err := m.state.save(); err != nil {
+			return nil, err
+		}
+	}
+	return release, nil
+}

@@ -121,7 +121,8 @@ func bindingManager(cmd *ucli.Command, root sysfs.Root, extra []binding.Option) 
 func bindingLogger(w io.Writer) *zap.Logger {
 	enc := zap.NewDevelopmentEncoderConfig()
 	enc.TimeKey = ""
-	return zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(w), zap.InfoLevel))
+	// Binding runs units in parallel: the sink must take concurrent writes.
+	return zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(zapcore.AddSync(w)), zap.InfoLevel))
 }
 
 // poolRequest is the units of one pool a command acts on.

@@ -4,12 +4,17 @@ BIN     ?= bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/sriov-cdi/sriov-cdi/cmd/internal/version.Version=$(VERSION)
 
-.PHONY: all build test vet fmt-check race fuzz bench e2e-kernel e2e-kubelet test-kubelet-client clean
+.PHONY: all build image test vet fmt-check race fuzz bench e2e-kernel e2e-kubelet test-kubelet-client clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/sriov-cdi ./cmd/sriov-cdi
+
+# Container image (deployments/Dockerfile); skipped with a message where no
+# Docker or Buildah engine runs.
+image:
+	bash deployments/image.sh
 
 # The test command (README, .ci/run): formatting, vet, then every unit test under the race detector.
 test: fmt-check vet race

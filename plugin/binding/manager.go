@@ -54,6 +54,14 @@ type options struct {
 	stderr     io.Writer
 	readOnly   bool
 	now        func() time.Time
+	observe    func(op string, d time.Duration, err error)
+}
+
+// WithObserver is told of every unit bound or unbound (op "bind",
+// "unbind") and every function restored (op "restore"), with its latency
+// and outcome: the plugin's metrics.
+func WithObserver(f func(op string, d time.Duration, err error)) Option {
+	return func(o *options) { o.observe = f }
 }
 
 // Option configures a Manager.
@@ -386,7 +394,14 @@ func (m *Manager) forget(addrs []sysfs.Address) {
 	m.state.data.Op = nil
 }
 
-func (m *Manager) applyUnit(ctx context.Context, pc *config.Pool, up unitPlan, target string) error {
+func (m *Manager) applyUnit(ctx context.Context, pc *config.Pool, up unitPlan, target string) (err error) {
+	if obs := m.opts.observe; obs != nil {
+		start, op := time.Now(), "bind"
+		if target == "" {
+			op = "unbind"
+		}
+		defer func() { obs(op, time.Since(start), err) }()
+	}
 	for _, mp := range up.members {
 		if !mp.change {
 			continue
@@ -453,7 +468,11 @@ func (m *Manager) restoreRecords(ctx context.Context, addrs []sysfs.Address, why
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			start := time.Now()
 			err := m.binder.Restore(ctx, a, rec.Original)
+			if obs := m.opts.observe; obs != nil {
+				obs("restore", time.Since(start), err)
+			}
 			switch {
 			case err == nil:
 				m.log.Info("driver restored", fields(a, rec.Group, dash(rec.Original.Driver), sysfs.Step(why), zap.String("pool", rec.Pool))...)

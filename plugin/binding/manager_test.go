@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -570,5 +571,34 @@ func TestDryRunWritesNothing(t *testing.T) {
 	}
 	if w := e.k.Writes(); len(w) != 0 {
 		t.Errorf("dry run wrote %v", w)
+	}
+}
+
+func TestObserverSeesEveryOperation(t *testing.T) {
+	e := newEnv(t, 4)
+	var mu sync.Mutex
+	got := map[string]int{}
+	m := e.manager(WithObserver(func(op string, d time.Duration, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		if d < 0 {
+			t.Errorf("negative duration for %s", op)
+		}
+		got[op+" "+result]++
+	}))
+	pc, units := e.plan("vf")
+	ctx := context.Background()
+	if err := m.Prepare(ctx, pc, units[:3]); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Restore(ctx, []sysfs.Address{units[0].ID, units[1].ID}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]int{"bind ok": 3, "restore ok": 2}, got); diff != "" {
+		t.Errorf("observed (-want +got)\n%s", diff)
 	}
 }

@@ -103,7 +103,15 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 	}
 	opts.Specs = cdiSyncer{w: w, root: opts.Root}
 
-	var bopts []binding.Option
+	mt := opts.Metrics
+	bopts := []binding.Option{binding.WithObserver(func(op string, d time.Duration, err error) {
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		mt.BindOps.WithLabelValues(op, result).Inc()
+		mt.BindSeconds.WithLabelValues(op).Observe(d.Seconds())
+	})}
 	if opts.Root.Sys == "/sys" {
 		bopts = append(bopts, binding.WithNetUsage(func() sysfs.NetUsage { return sysfs.NewLiveNetUsage("/proc") }))
 	}

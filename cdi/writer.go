@@ -15,6 +15,9 @@ import (
 	"go.uber.org/zap"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
 // DefaultDir is where the Writer puts specs unless told otherwise; it is
@@ -231,4 +234,21 @@ func (w *Writer) Files() ([]string, error) {
 	out, err := w.ownFiles()
 	slices.Sort(out)
 	return out, err
+}
+
+// PlanSyncer writes the spec of every pool of a plan that has devices and
+// removes ours of the others: the plugin's SpecSyncer.
+type PlanSyncer struct {
+	W    *Writer
+	Root sysfs.Root
+}
+
+// Sync implements the plugin's SpecSyncer.
+func (s PlanSyncer) Sync(plan *pool.Plan, h *sysfs.Host) error {
+	specs, err := SpecsFor(plan.Pools, h, s.Root)
+	if err != nil {
+		return err
+	}
+	_, err = s.W.Sync(specs)
+	return err
 }

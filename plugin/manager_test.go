@@ -48,7 +48,7 @@ type harness struct {
 
 // startHarness writes a fixture host (pfs x vfs NIC VFs), a config, a fake
 // kubelet, and runs a Manager with a short rescan period.
-func startHarness(t testing.TB, pfs, vfs int, cfg string, prep Preparer, log *zap.Logger) *harness {
+func startHarness(t testing.TB, pfs, vfs int, cfg string, prep Preparer, log *zap.Logger, more ...func(dir string, o *Options)) *harness {
 	t.Helper()
 	h := &harness{dir: t.TempDir()}
 	b := sysfstest.SRIOVNICHost(filepath.Join(h.dir, "host"), pfs, vfs)
@@ -62,11 +62,11 @@ func startHarness(t testing.TB, pfs, vfs int, cfg string, prep Preparer, log *za
 	h.cfgPath = filepath.Join(h.dir, "cfg", "config.yaml")
 	writeConfig(t, h.cfgPath, cfg)
 	h.kubelet = startFakeKubelet(t, h.dpDir)
-	mgr, err := NewManager(Options{
+	mgr, err := newManagerWith(h.dir, Options{
 		ConfigPath: h.cfgPath, Root: sysfs.Root{Sys: b.Sys(), Dev: b.Dev()}, DevicePluginDir: h.dpDir,
 		RescanInterval: 50 * time.Millisecond, Prepare: prep, Log: log,
 		DeviceInfo: &deviceinfo.Writer{Dir: filepath.Join(h.dir, "devinfo")},
-	})
+	}, more...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,6 +84,13 @@ func (h *harness) stop() {
 		<-h.done
 		h.cancel = nil
 	}
+}
+
+func newManagerWith(dir string, o Options, more ...func(dir string, o *Options)) (*Manager, error) {
+	for _, f := range more {
+		f(dir, &o)
+	}
+	return NewManager(o)
 }
 
 // waitRegistrations waits until the manager counted n successful

@@ -19,7 +19,6 @@ import (
 	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
 	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
-	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
@@ -94,6 +93,8 @@ func pluginCommand() *ucli.Command {
 	}
 }
 
+var _ plugin.SpecSyncer = cdi.PlanSyncer{}
+
 // wirePlugin connects the CDI spec writer, the vfio binder and the
 // release watcher to the plugin.
 func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, log *zap.Logger) error {
@@ -101,7 +102,7 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 	if err != nil {
 		return err
 	}
-	opts.Specs = cdiSyncer{w: w, root: opts.Root}
+	opts.Specs = cdi.PlanSyncer{W: w, Root: opts.Root}
 
 	mt := opts.Metrics
 	bopts := []binding.Option{binding.WithObserver(func(op string, d time.Duration, err error) {
@@ -137,21 +138,4 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 		}()
 	}
 	return nil
-}
-
-// cdiSyncer writes the CDI spec of every pool that has devices.
-type cdiSyncer struct {
-	w    *cdi.Writer
-	root sysfs.Root
-}
-
-var _ plugin.SpecSyncer = cdiSyncer{}
-
-func (s cdiSyncer) Sync(plan *pool.Plan, h *sysfs.Host) error {
-	specs, err := cdi.SpecsFor(plan.Pools, h, s.root)
-	if err != nil {
-		return err
-	}
-	_, err = s.w.Sync(specs)
-	return err
 }

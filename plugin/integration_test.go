@@ -1,0 +1,89 @@
+package plugin
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/sriov-cdi/sriov-cdi/cdi"
+	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
+)
+
+// lazyPrep lets a test build the Preparer once the fixture tree exists.
+type lazyPrep struct{ Preparer }
+
+// TestAllocateBindsAndWritesSpecs runs the plugin with the real binding
+// manager and CDI writer over a fixture tree whose kernel side is the fake
+// kernel (sysfstest.Kernel: no real kernel runs in unit tests; the e2e
+// kernel lab runs the same path on one). A vfio pool's Allocate binds the
+// VF, the spec names it, a kernel pool's Allocate writes nothing.
+func TestAllocateBindsAndWritesSpecs(t *testing.T) {
+	log := zaptest.NewLogger(t)
+	prep := &lazyPrep{}
+	cfg := `
+resourcePrefix: example.com
+pools:
+  - {name: vf, mode: vfio, selectors: {rootDevices: ["0000:01:00.0"]}}
+  - {name: vf-kernel, mode: kernel, selectors: {rootDevices: ["0000:02:00.0"]}}
+`
+	var cdiDir string
+	h := startHarness(t, 2, 2, cfg, prep, log, func(dir string, o *Options) {
+		cdiDir = filepath.Join(dir, "cdi")
+		w, err := cdi.NewWriter(cdiDir, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Specs = cdi.PlanSyncer{W: w, Root: o.Root}
+	})
+	host := filepath.Join(h.dir, "host")
+	k, err := sysfstest.NewKernel(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Unhang)
+	root := sysfs.Root{Sys: filepath.Join(host, "sys"), Dev: filepath.Join(host, "dev")}
+	bm, err := binding.NewManager(root, filepath.Join(h.dir, "state.json"), log, binding.WithWriter(k),
+		binding.WithTimeout(2*time.Second), binding.WithPollInterval(time.Millisecond), binding.WithFault(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prep.Preparer = binding.ForAllocate{M: bm}
+
+	regs := h.registrations(t, 2)
+	spec, err := os.ReadFile(filepath.Join(cdiDir, "sriov-cdi_example.com_vf.json"))
+	if err != nil {
+		t.Fatalf("spec not written before the pool was advertised: %v", err)
+	}
+	if !strings.Contains(string(spec), `"name":"0000:01:00.1"`) || !strings.Contains(string(spec), `"path":"/dev/vfio/4"`) {
+		t.Errorf("spec lacks the VF or its group node:\n%s", spec)
+	}
+
+	c := h.kubelet.client(t, regs["example.com/vf"])
+	if _, err := c.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"0000:01:00.1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := sysfs.NewBinder(root).Read("0000:01:00.1")
+	if err != nil || st.Driver != "vfio-pci" {
+		t.Fatalf("after Allocate: %+v, %v; want vfio-pci", st, err)
+	}
+	if _, err := os.Stat(root.VFIOGroupPath("4")); err != nil {
+		t.Errorf("group node: %v", err)
+	}
+	writes := len(k.Writes())
+
+	ck := h.kubelet.client(t, regs["example.com/vf-kernel"])
+	if _, err := ck.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"0000:02:00.1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := k.Writes(); len(got) != writes {
+		t.Errorf("a kernel pool's Allocate wrote driver attributes: %+v", got[writes:])
+	}
+}

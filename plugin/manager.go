@@ -66,6 +66,7 @@ type Manager struct {
 	mu        sync.Mutex
 	endpoints map[string]*managed // by resource
 	lastWarn  []sysfs.Warning
+	refusals  map[sysfs.Address]string // last logged refusal reason per function
 
 	kick chan trigger
 	// startupFailed: units of bindAt: startup pools whose binding failed,
@@ -282,6 +283,7 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 	}
 	plan := pool.Build(m.cfg, h)
 	m.recordPlan(plan)
+	m.logRefusals(plan)
 	if m.opts.Specs != nil {
 		if err := m.opts.Specs.Sync(plan, h); err != nil {
 			return fmt.Errorf("write CDI specs: %w", err)
@@ -511,6 +513,22 @@ func (m *Manager) pruneDeviceInfo(plan *pool.Plan) {
 			m.log.Warn("prune device-info files", zap.String("resource", res), zap.Error(err))
 		}
 	}
+}
+
+// logRefusals logs each function a pool's selectors matched but that the
+// pool refuses (the reason discover prints), once per change.
+func (m *Manager) logRefusals(plan *pool.Plan) {
+	now := map[sysfs.Address]string{}
+	for _, r := range plan.Unselected {
+		if r.Pool == "" {
+			continue
+		}
+		now[r.Address] = r.Pool + ": " + r.Reason
+		if m.refusals[r.Address] != now[r.Address] {
+			m.log.Warn("device refused", zap.String("device", string(r.Address)), zap.String("pool", r.Pool), zap.String("reason", r.Reason))
+		}
+	}
+	m.refusals = now
 }
 
 // recordPlan publishes device and refusal counts per pool.

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
@@ -536,5 +537,23 @@ func TestRelevantUevent(t *testing.T) {
 				t.Errorf("relevantUevent = %v, %q; want %v, %q", got, addr, tc.want, tc.addr)
 			}
 		})
+	}
+}
+
+// TestRefusalsAreLoggedOnce: the DaemonSet log says why a matched function
+// is not offered, once, not at every rescan.
+func TestRefusalsAreLoggedOnce(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	h := startHarness(t, 1, 2, `pools: [{name: vf, mode: vfio, selectors: {rootDevices: ["0000:01:00.0"]}}]`, nil, zap.New(core))
+	h.registrations(t, 1)
+	time.Sleep(300 * time.Millisecond) // several rescans
+	var got []string
+	for _, e := range logs.FilterMessage("device refused").All() {
+		f := e.ContextMap()
+		got = append(got, fmt.Sprint(f["device"], " ", f["pool"], " ", f["reason"]))
+	}
+	want := []string{"0000:01:00.0 vf PF with 2 VFs enabled; its VFs are the candidates"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got)\n%s", diff)
 	}
 }

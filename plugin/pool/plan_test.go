@@ -177,11 +177,7 @@ func TestBuildKernelHealth(t *testing.T) {
 // controller must refuse the group, while a root port in a group is left
 // alone.
 func TestBuildHostControllerGroup(t *testing.T) {
-	root, err := sample.Extract(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := sysfs.Scan(root)
+	h, _, err := sample.Scan(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,11 +202,7 @@ func TestBuildHostControllerGroup(t *testing.T) {
 
 // TestBuildSample plans the bundled real-kernel snapshot with its config.
 func TestBuildSample(t *testing.T) {
-	root, err := sample.Extract(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := sysfs.Scan(root)
+	h, _, err := sample.Scan(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,6 +40,16 @@ func Extract(dir string) (sysfs.Root, error) {
 	return sysfs.Root{Sys: filepath.Join(dir, "sys"), Dev: filepath.Join(dir, "dev")}, nil
 }
 
+// Scan extracts the snapshot into dir and scans it.
+func Scan(dir string) (*sysfs.Host, sysfs.Root, error) {
+	root, err := Extract(dir)
+	if err != nil {
+		return nil, root, err
+	}
+	h, err := sysfs.Scan(root)
+	return h, root, err
+}
+
 func untar(r io.Reader, dir string) error {
 	zr, err := gzip.NewReader(r)
 	if err != nil {

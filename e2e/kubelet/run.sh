@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # functions run from traps and wait_for
 # Lab 2: a real kubelet + containerd + runc with CDI, standalone (no API server).
 #
 # Builds kubelet (from the e2e/k8s module) and containerd into a cache keyed by
@@ -16,6 +17,8 @@
 # Output: one `E2E PASS|FAIL|SKIP <name> <detail>` line per scenario, then
 # `e2e-kubelet: N passed, M failed, K skipped`. Exit status 1 on any FAIL.
 set -euo pipefail
+# No `cmd | grep -q` below: with pipefail, grep exiting early can fail the
+# pipeline with SIGPIPE. Match on captured output instead.
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 K8S_MOD="$REPO/e2e/k8s"
@@ -24,7 +27,7 @@ CONTAINERD_VERSION=v2.4.2
 CACHE=${E2E_CACHE:-/var/cache/sriov-cdi-e2e}
 KUBE_DIR="$CACHE/k8s-$K8S_VERSION"
 CTRD_DIR="$CACHE/containerd-$CONTAINERD_VERSION"
-IMG_DIR="$CACHE/images-v1"
+IMG_DIR="$CACHE/images-v2"
 SNAPSHOT="$REPO/sysfs/sample/nvme-sriov-acs.tar.gz"
 
 NODE=e2e-node
@@ -37,14 +40,15 @@ BUSYBOX_IMAGE=docker.io/library/busybox:sriov-cdi-e2e
 PAUSE_IMAGE=registry.k8s.io/pause:sriov-cdi-e2e
 DP_DIR=/var/lib/kubelet/device-plugins # fixed in kubelet
 CDI_DIR=/var/run/cdi
-NRI_SOCKET=/var/run/nri/nri.sock
 
 PASSED=0 FAILED=0 SKIPPED=0
 T0=$(date +%s)
 
 log() { printf '[%4ss] %s\n' "$(($(date +%s) - T0))" "$*" >&2; }
-die() {
+die() { # die REASON: the lab itself could not run; counts as a failure
 	log "FATAL: $*"
+	echo "E2E FAIL setup $*"
+	echo "e2e-kubelet: $PASSED passed, $((FAILED + 1)) failed, $SKIPPED skipped"
 	exit 1
 }
 result() { # result PASS|FAIL|SKIP name detail...
@@ -83,13 +87,14 @@ command -v go >/dev/null || die "go is not installed"
 ensure_packages() {
 	local missing=() p
 	for p in runc busybox-static curl jq; do
-		dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+		[[ $(dpkg-query -W -f '${Status}' "$p" 2>/dev/null) == *"install ok installed"* ]] || missing+=("$p")
 	done
 	((${#missing[@]} == 0)) && return
 	log "apt-get install ${missing[*]}"
 	if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
-		apt-get update >&2
-		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
+		apt-get update >&2 || true
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
+			die "apt-get install ${missing[*]} failed"
 	fi
 }
 
@@ -102,7 +107,7 @@ build_kubelet() {
 	mkdir -p "$KUBE_DIR"
 	(cd "$K8S_MOD" && CGO_ENABLED=0 go build -trimpath -tags providerless \
 		-ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION" \
-		-o "$KUBE_DIR/kubelet.tmp" k8s.io/kubernetes/cmd/kubelet)
+		-o "$KUBE_DIR/kubelet.tmp" k8s.io/kubernetes/cmd/kubelet) || die "go build kubelet $K8S_VERSION failed"
 	mv "$KUBE_DIR/kubelet.tmp" "$KUBE_DIR/kubelet"
 }
 
@@ -118,9 +123,9 @@ build_containerd() {
 	CGO_ENABLED=0 GOBIN="$CTRD_DIR/bin.tmp" go install \
 		"github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
 		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
-		"github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+		"github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" || die "go install containerd $CONTAINERD_VERSION failed"
 	for b in containerd containerd-shim-runc-v2 ctr; do [[ -x $CTRD_DIR/bin.tmp/$b ]] || die "go install did not produce $b"; done
-	rm -rf "$CTRD_DIR/bin"
+	rm -rf "${CTRD_DIR:?}/bin"
 	mv "$CTRD_DIR/bin.tmp" "$CTRD_DIR/bin"
 }
 
@@ -171,7 +176,7 @@ build_images() {
 	mkdir -p "$d/busybox/bin" "$d/busybox/dev" "$d/busybox/proc" "$d/busybox/sys" "$d/busybox/tmp" "$d/busybox/etc"
 	cp /bin/busybox "$d/busybox/bin/busybox"
 	local a
-	for a in sh ls env sort sleep cat echo grep true; do ln -s busybox "$d/busybox/bin/$a"; done
+	for a in sh ls env sort sleep cat echo grep tr true; do ln -s busybox "$d/busybox/bin/$a"; done
 	oci_image "$IMG_DIR/busybox.tar" "$BUSYBOX_IMAGE" "$d/busybox" '["/bin/sh"]'
 	# pause: a static Go binary that sleeps until SIGTERM/SIGINT (it is PID 1:
 	# it must handle the signal itself).
@@ -191,7 +196,8 @@ func main() {
 	<-c
 }
 EOF
-	(cd "$d/pause-src" && CGO_ENABLED=0 GO111MODULE=off GOFLAGS= go build -trimpath -ldflags '-s -w' -o "$d/pause/pause" main.go)
+	(cd "$d/pause-src" && CGO_ENABLED=0 GO111MODULE=off GOFLAGS='' go build -trimpath -ldflags '-s -w' -o "$d/pause/pause" main.go) ||
+		die "go build pause failed"
 	oci_image "$IMG_DIR/pause.tar" "$PAUSE_IMAGE" "$d/pause" '["/pause"]'
 	rm -rf "$d"
 }
@@ -217,8 +223,9 @@ build_sriov_cdi() { # sets SRIOV_CDI (empty if the product has no main package y
 # root help for an unknown command, hence the listing check.
 has_subcommand() {
 	[[ -n $SRIOV_CDI ]] || return 1
-	"$SRIOV_CDI" --help 2>&1 | grep -Eq "^[[:space:]]+$1([,[:space:]]|\$)" || return 1
 	local out
+	out=$("$SRIOV_CDI" --help 2>&1) || true
+	grep -Eq "^[[:space:]]+$1([,[:space:]]|\$)" <<<"$out" || return 1
 	out=$("$SRIOV_CDI" "$1" --help 2>&1) || return 1
 	[[ -z ${2:-} ]] || grep -q -e "$2" <<<"$out"
 }
@@ -227,8 +234,9 @@ has_subcommand() {
 # Processes and cleanup.
 
 WORK=
-CONTAINERD_PID= KUBELET_PID= PLUGIN_PID= NRI_PID=
-CDI_BEFORE=
+CONTAINERD_PID='' KUBELET_PID='' PLUGIN_PID='' NRI_PID=''
+CDI_BEFORE='' DP_BEFORE=''
+KUBELET_VAR_EXISTED=1
 KUBELET_N=0
 
 cleanup() {
@@ -257,8 +265,15 @@ cleanup() {
 			[[ -e $f ]] || continue
 			grep -qxF "$f" <<<"$CDI_BEFORE" || rm -f "$f"
 		done
-		for f in "${HOST_NODES[@]}"; do rm -f "$f"; done
-		rm -f "$DP_DIR/kubelet_internal_checkpoint" "$DP_DIR/kubelet.sock"
+		# Host paths kubelet and containerd use whatever their flags say.
+		if [[ $KUBELET_VAR_EXISTED == 0 ]]; then
+			rm -rf /var/lib/kubelet
+		else
+			for f in "$DP_DIR"/*; do
+				[[ -e $f ]] || continue
+				grep -qxF "$f" <<<"$DP_BEFORE" || rm -f "$f"
+			done
+		fi
 		if [[ ${E2E_KEEP:-} == 1 || $rc != 0 && ${E2E_KEEP:-} != 0 ]]; then
 			log "kept $WORK"
 		else
@@ -313,7 +328,7 @@ kill_shims() {
 	local p
 	for p in /proc/[0-9]*; do
 		[[ -r $p/cmdline ]] || continue
-		if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "containerd-shim-runc-v2.*$WORK/containerd/containerd.sock"; then
+		if [[ $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) == *containerd-shim-runc-v2*"$WORK/containerd/containerd.sock"* ]]; then
 			kill -KILL "${p#/proc/}" 2>/dev/null
 		fi
 	done
@@ -380,8 +395,8 @@ EOF
 		>"$WORK/logs/containerd.log" 2>&1 &
 	CONTAINERD_PID=$!
 	wait_for 30 "containerd socket" ctr_ version || fail_setup "containerd did not start"
-	ctr_ images import --platform linux/amd64 "$IMG_DIR/busybox.tar" >&2 || fail_setup "import busybox image"
-	ctr_ images import --platform linux/amd64 "$IMG_DIR/pause.tar" >&2 || fail_setup "import pause image"
+	ctr_ images import --platform linux/amd64 "$IMG_DIR/busybox.tar" >/dev/null || fail_setup "import busybox image"
+	ctr_ images import --platform linux/amd64 "$IMG_DIR/pause.tar" >/dev/null || fail_setup "import pause image"
 }
 
 start_kubelet() {
@@ -418,7 +433,7 @@ evictionHard:
   imagefs.available: "1%"
 EOF
 	log "starting kubelet #$KUBELET_N"
-	"$KUBE_DIR/kubelet" --config "$WORK/kubelet-config.yaml" --root-dir "$WORK/kubelet" \
+	"$KUBE_DIR/kubelet" --config "$WORK/kubelet-config.yaml" --root-dir "$WORK/kubelet" --cert-dir "$WORK/kubelet/pki" \
 		--hostname-override "$NODE" --v 2 >"$KUBELET_LOG" 2>&1 &
 	KUBELET_PID=$!
 	wait_for 30 "kubelet.sock" test -S "$DP_DIR/kubelet.sock" || fail_setup "kubelet did not create $DP_DIR/kubelet.sock"
@@ -436,8 +451,8 @@ kubelet_get() { curl -skf --max-time 5 "https://127.0.0.1:10250$1"; }
 # pods_json: kubelet's view of its pods (status merged for static pods).
 pods_json() { kubelet_get /pods; }
 
-pod_field() { # pod_field POD JQ-EXPR
-	pods_json | jq -r --arg n "$1-$NODE" ".items[] | select(.metadata.name == \$n) | $2"
+pod_field() { # pod_field POD JQ-EXPR (empty when kubelet does not answer)
+	{ pods_json | jq -r --arg n "$1-$NODE" ".items[] | select(.metadata.name == \$n) | $2"; } 2>/dev/null || true
 }
 
 # registered RESOURCE: the current kubelet received a device list for it.
@@ -469,12 +484,17 @@ pools:
       pciAddresses: ["${KERNEL_DEVS[0]}", "${KERNEL_DEVS[1]}"]
 EOF
 	log "starting sriov-cdi plugin"
+	# Optional outputs stay in the work dir when the binary has the flag.
+	local extra=()
+	if [[ $("$SRIOV_CDI" plugin --help 2>&1) == *--device-info-dir* ]]; then
+		extra+=(--device-info-dir "$WORK/devinfo")
+	fi
 	"$SRIOV_CDI" plugin --config "$WORK/plugin/config.yaml" \
 		--device-plugin-dir "$DP_DIR" --cdi-dir "$CDI_DIR" \
 		--state-file "$WORK/plugin/state.json" \
 		--sysfs-root "$FIX/sys" --dev-root "$FIX/dev" \
 		--health-addr 127.0.0.1:0 --log-level debug \
-		>"$WORK/logs/plugin.log" 2>&1 &
+		"${extra[@]}" >"$WORK/logs/plugin.log" 2>&1 &
 	PLUGIN_PID=$!
 }
 
@@ -486,7 +506,7 @@ EOF
 pod() {
 	local name=$1 res=$2
 	shift 2
-	local f=$WORK/manifests/$name.yaml r
+	local f=$WORK/manifests/$name.yaml tmp=$WORK/manifests/.$name.yaml.tmp r
 	{
 		echo "apiVersion: v1"
 		echo "kind: Pod"
@@ -505,12 +525,26 @@ pod() {
 		echo "  - name: c"
 		echo "    image: $BUSYBOX_IMAGE"
 		echo "    imagePullPolicy: Never"
-		echo "    command: [\"/bin/sh\", \"-c\", \"echo E2E-BEGIN; ls -l /dev/vfio; env | sort; echo E2E-END; trap 'exit 0' TERM; while :; do sleep 1; done\"]"
+		# The environment comes from /proc/1/environ (PID 1 is this sh, as runc
+		# started it): a shell drops variables whose names are not identifiers
+		# (PCIDEVICE_SRIOV-CDI_IO_VF) from what it passes on to `env`.
+		cat <<'EOF'
+    command:
+    - /bin/sh
+    - -c
+    - |
+      echo E2E-BEGIN
+      ls -l /dev/vfio
+      tr '\0' '\n' </proc/1/environ | sort
+      echo E2E-END
+      trap 'exit 0' TERM
+      while :; do sleep 1; done
+EOF
 		echo "    resources:"
 		echo "      limits:"
 		for r in $res; do echo "        $r" | sed 's/=/: "/; s/$/"/'; done
-	} >"$f.tmp"
-	mv "$f.tmp" "$f"
+	} >"$tmp"
+	mv "$tmp" "$f"
 }
 
 delete_pod() { # delete_pod NAME: remove the manifest, wait until kubelet forgot the pod
@@ -522,6 +556,18 @@ pod_gone() { [[ -z $(pod_field "$1" .metadata.name) ]]; }
 
 pod_phase_is() { [[ $(pod_field "$1" .status.phase) == "$2" ]]; }
 
+# pod_settled NAME: Running, or in a state it will not leave by itself
+# (rejected, or its container cannot be created: kubelet retries those
+# forever).
+pod_settled() {
+	local st
+	st=$(pod_field "$1" '[.status.phase, (.status.containerStatuses[0].state.waiting.reason // "")] | join(" ")')
+	case $st in
+	Running* | Failed* | Succeeded* | *CreateContainerError | *CreateContainerConfigError | *RunContainerError | *ErrImageNeverPull) return 0 ;;
+	esac
+	return 1
+}
+
 pod_log() { # pod_log NAME: the container's output (CRI log format stripped)
 	local f
 	f=$(find "$WORK/pod-logs" -path "*_$1-${NODE}_*/c/*.log" 2>/dev/null | sort | tail -n1)
@@ -529,12 +575,13 @@ pod_log() { # pod_log NAME: the container's output (CRI log format stripped)
 	sed -E 's/^[^ ]+ (stdout|stderr) [FP] //' "$f"
 }
 
-pod_log_complete() { pod_log "$1" | grep -q E2E-END; }
+pod_log_complete() { [[ $(pod_log "$1") == *E2E-END* ]]; }
 
 # container_info POD: `ctr containers info` of the pod's container c.
 container_info() {
 	local id
-	id=$(ctr_ containers ls -q "labels.\"io.kubernetes.pod.name\"==$1-$NODE,labels.\"io.kubernetes.container.name\"==c" | head -n1)
+	id=$(ctr_ containers ls -q "labels.\"io.kubernetes.pod.name\"==$1-$NODE,labels.\"io.kubernetes.container.name\"==c")
+	id=${id%%$'\n'*}
 	[[ -n $id ]] || return 1
 	ctr_ containers info "$id"
 }
@@ -549,7 +596,8 @@ run_pod() {
 	local name=$1
 	POD_ERR=
 	pod "$@"
-	if ! wait_for 90 "pod $name Running" pod_phase_is "$name" Running; then
+	wait_for 90 "pod $name Running" pod_settled "$name" || true
+	if ! pod_phase_is "$name" Running; then
 		POD_ERR="pod $name not Running: phase=$(pod_field "$name" .status.phase) reason=$(pod_field "$name" .status.reason) message=$(pod_field "$name" .status.message) waiting=$(pod_field "$name" '.status.containerStatuses[0].state.waiting // {} | tostring')"
 		return 1
 	fi
@@ -564,27 +612,39 @@ run_pod() {
 check_env() {
 	local got want
 	got=$(pod_log "$1" | sed -n "s/^$2=//p" | tr ',' '\n' | sort | paste -sd,)
-	want=$(tr ' ,' '\n\n' <<<"$3" | sort | paste -sd,)
+	want=$(tr ' ,' '\n' <<<"$3" | sort | paste -sd,)
 	if [[ $got != "$want" ]]; then
 		CHECK_ERR="$2=${got:-<unset>}, want $want"
+		if [[ -z $got ]]; then
+			CHECK_ERR+=" (PCI* variables in the container: $(pod_log "$1" | grep '^PCI' | paste -sd' '); KubeVirt keeps '-' in the name)"
+		fi
 		return 1
 	fi
 }
 
 # check_vfio_node NAME GROUP: the pod's ls -l /dev/vfio shows a char node.
 check_vfio_node() {
-	if ! pod_log "$1" | grep -Eq "^c.* $2\$"; then
+	if ! grep -Eq "^c.* $2\$" <<<"$(pod_log "$1")"; then
 		CHECK_ERR="no char device /dev/vfio/$2 in the container; ls -l /dev/vfio printed: $(pod_log "$1" | sed -n '/E2E-BEGIN/,/=/p' | head -n 8 | tr '\n' '|')"
 		return 1
 	fi
 }
 
 failure_context() { # failure_context: log tails that explain a failure
-	local f
+	local f pat
 	for f in "$KUBELET_LOG" "$WORK/logs/containerd.log" "$WORK/logs/plugin.log" "$WORK/logs/nri.log"; do
 		[[ -f $f ]] || continue
-		echo "---- tail of ${f#"$WORK"/} (errors and device lines)" >&2
-		grep -Ei 'error|fail|warn|alloc|cdi|device|register|E[0-9]{4} ' "$f" | tail -n 25 >&2 || true
+		case ${f##*/} in
+		kubelet*) pat='^E[0-9]{4} |^W[0-9]{4} .*(device|plugin|admission)|registration request' ;;
+		containerd*) pat='level=(error|warning)|CDI devices from' ;;
+		*) pat='"level":"(warn|error|fatal)"|"msg":"(allocated|registered with kubelet|wrote CDI spec)|level=(error|warning)' ;;
+		esac
+		echo "---- ${f#"$WORK"/}: last errors and device lines" >&2
+		# Drop timestamps and pids so repeated lines collapse.
+		grep -Ei "$pat" "$f" |
+			grep -v -e 'cgroup v1 is deprecated' -e 'StatsCollector' -e 'fsverity' -e 'failed to load cni' |
+			sed -E 's/^[IEW][0-9]{4} [0-9:.]+ +[0-9]+ //; s/^time="[^"]*" //; s/"ts":"[^"]*",//' |
+			awk '!seen[$0]++' | tail -n 10 | cut -c1-400 >&2 || true
 	done
 }
 
@@ -594,9 +654,8 @@ fail() { # fail NAME DETAIL
 }
 
 fail_setup() {
-	log "setup failed: $*"
 	failure_context
-	exit 1
+	die "$*"
 }
 
 # ---------------------------------------------------------------------------
@@ -613,6 +672,7 @@ s1_single_device() {
 	if ! run_pod s1 "$VFIO_RES=1"; then fail $n "$POD_ERR"; return; fi
 	local errs=()
 	check_vfio_node s1 "$VFIO_GROUP" || errs+=("$CHECK_ERR")
+	check_vfio_node s1 vfio || errs+=("$CHECK_ERR (KubeVirt and DPDK need the VFIO container device too)")
 	check_env s1 "PCIDEVICE_$VFIO_ENV" "$VFIO_DEV" || errs+=("$CHECK_ERR")
 	check_env s1 "PCI_RESOURCE_$VFIO_ENV" "$VFIO_DEV" || errs+=("$CHECK_ERR")
 	if ((${#errs[@]})); then
@@ -682,7 +742,6 @@ s4_kubelet_restart() {
 	else
 		result PASS $n "plugin re-registered; new pod got /dev/vfio/$VFIO_GROUP"
 	fi
-	delete_pod s4 || true
 }
 
 # nri_check POD: sets NRI_ANN (cdi.k8s.io annotations in the container spec)
@@ -716,9 +775,12 @@ s5_nri() {
 		return
 	fi
 	log "starting sriov-cdi nri"
-	"$SRIOV_CDI" nri --log-level debug >"$WORK/logs/nri.log" 2>&1 &
+	"$SRIOV_CDI" nri --socket "$NRI_SOCKET" --cdi-spec-dirs "$CDI_DIR" --log-level debug >"$WORK/logs/nri.log" 2>&1 &
 	NRI_PID=$!
-	sleep 3
+	if ! wait_for 30 "an NRI plugin to connect" grep -q 'connected and synchronized' "$WORK/logs/containerd.log"; then
+		fail $n "sriov-cdi nri did not connect to containerd's NRI socket $NRI_SOCKET; its log: $(tail -n 5 "$WORK/logs/nri.log" | tr '\n' '|')"
+		return
+	fi
 	if ! kill -0 "$NRI_PID" 2>/dev/null; then
 		fail $n "sriov-cdi nri exited: $(tail -n 5 "$WORK/logs/nri.log" | tr '\n' '|')"
 		NRI_PID=
@@ -748,10 +810,13 @@ main() {
 
 	WORK=$(mktemp -d /tmp/sriov-cdi-kubelet.XXXXXX)
 	mkdir -p "$WORK/logs" "$WORK/bin"
-	HOST_NODES=()
+	NRI_SOCKET=$WORK/nri/nri.sock
 	trap cleanup EXIT
 	trap 'exit 130' INT TERM
 	CDI_BEFORE=$(ls -1d "$CDI_DIR"/* 2>/dev/null || true)
+	DP_BEFORE=$(ls -1d "$DP_DIR"/* 2>/dev/null || true)
+	KUBELET_VAR_EXISTED=0
+	[[ ! -e /var/lib/kubelet ]] || KUBELET_VAR_EXISTED=1
 	log "work dir $WORK"
 
 	NO_PRODUCT_REASON=
@@ -786,6 +851,7 @@ main() {
 	s2_two_pools
 	delete_pod s2 || true
 	s4_kubelet_restart
+	delete_pod s4 || true
 	s5_nri
 	finish
 }

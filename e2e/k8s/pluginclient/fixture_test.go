@@ -11,14 +11,49 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // extractSnapshot unpacks the sysfs snapshot into dir (dir/sys, dir/dev, ...).
+// The snapshot's /dev/vfio entries are empty files; when the test may mknod
+// (root), they become the character devices dev-vfio.txt describes, as on
+// the host the snapshot was taken on.
 func extractSnapshot(t *testing.T, dir string) {
 	t.Helper()
 	if err := untar(snapshot, dir); err != nil {
 		t.Fatalf("unpack snapshot: %v", err)
 	}
+	if err := makeDevNodes(dir); err != nil {
+		t.Logf("/dev/vfio entries stay regular files: %v", err)
+	}
+}
+
+// makeDevNodes replaces dir/dev/vfio/* by the character devices listed in
+// dir/dev-vfio.txt ("name major:minor mode" per line).
+func makeDevNodes(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "dev-vfio.txt"))
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var name string
+		var major, minor uint32
+		var mode uint32
+		if _, err := fmt.Sscanf(line, "%s %d:%d %o", &name, &major, &minor, &mode); err != nil {
+			return fmt.Errorf("parse dev-vfio.txt line %q: %w", line, err)
+		}
+		p := filepath.Join(dir, "dev", "vfio", name)
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err := unix.Mknod(p, unix.S_IFCHR|mode, int(unix.Mkdev(major, minor))); err != nil {
+			// Put the empty file back so the tree stays as shipped.
+			_ = os.WriteFile(p, nil, fs.FileMode(mode))
+			return fmt.Errorf("mknod %q: %w", p, err)
+		}
+	}
+	return nil
 }
 
 func untar(archive, dir string) error {

@@ -143,6 +143,10 @@ func (e *env) startPlugin() {
 		"--health-addr", fmt.Sprintf("127.0.0.1:%d", port),
 		"--log-level", "debug",
 	)
+	// Keep optional outputs in the test's directory too.
+	if strings.Contains(pluginHelp, "--device-info-dir") {
+		cmd.Args = append(cmd.Args, "--device-info-dir", filepath.Join(e.dir, "devinfo"))
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -179,6 +183,13 @@ func (e *env) stopPlugin() {
 	case err := <-e.pluginDone:
 		if err != nil {
 			e.t.Errorf("plugin exited with %v on SIGTERM, want a clean exit", err)
+		}
+		// A stopped plugin leaves no socket for kubelet to dial.
+		entries, _ := os.ReadDir(e.dpDir)
+		for _, de := range entries {
+			if de.Type()&os.ModeSocket != 0 && de.Name() != filepath.Base(api.KubeletSocket) {
+				e.t.Errorf("socket %s left in the device-plugin dir after SIGTERM", de.Name())
+			}
 		}
 	case <-time.After(10 * time.Second):
 		_ = cmd.Process.Kill()

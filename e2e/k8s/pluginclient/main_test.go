@@ -22,6 +22,9 @@ var (
 	// buildErr is set when ./cmd/sriov-cdi exists but does not build: every
 	// test fails with it.
 	buildErr error
+	// pluginHelp is the output of `sriov-cdi plugin --help`: optional flags
+	// are passed only when the binary has them.
+	pluginHelp string
 	// repoRoot is the main module's directory.
 	repoRoot string
 	// snapshot is the real-kernel sysfs snapshot every test unpacks.
@@ -87,7 +90,8 @@ func findBinary(tmp string) {
 		pluginBin = ""
 		return
 	}
-	if !strings.Contains(outb.String(), "--device-plugin-dir") {
+	pluginHelp = outb.String()
+	if !strings.Contains(pluginHelp, "--device-plugin-dir") {
 		skipReason = "`sriov-cdi plugin --help` does not mention --device-plugin-dir: the plugin subcommand is not implemented yet"
 		pluginBin = ""
 	}

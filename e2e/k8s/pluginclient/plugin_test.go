@@ -114,7 +114,7 @@ func TestAllocate(t *testing.T) {
 			for _, name := range []string{"PCIDEVICE_" + suffix, "PCI_RESOURCE_" + suffix} {
 				v, ok := cr.GetEnvs()[name]
 				if !ok {
-					t.Errorf("env %s missing; envs: %v", name, cr.GetEnvs())
+					t.Errorf("env %s missing; envs: %v (KubeVirt's ResourceNameToEnvVar and the SR-IOV device plugin upper-case the resource name and replace only '.' and '/'; a '-' stays)", name, cr.GetEnvs())
 					continue
 				}
 				got := strings.Split(v, ",")
@@ -125,7 +125,7 @@ func TestAllocate(t *testing.T) {
 			}
 
 			// The CDI spec must define every returned name, and a vfio
-			// device must carry its group's /dev/vfio node.
+			// device must carry its /dev/vfio nodes.
 			specs := readCDISpecs(t, e.cdiDir)
 			for _, name := range gotCDI {
 				dev, ok := specs[name]
@@ -134,8 +134,12 @@ func TestAllocate(t *testing.T) {
 					continue
 				}
 				if tc.resource == vfioResource {
-					if !slices.ContainsFunc(dev.nodes, func(p string) bool { return p == "/dev/vfio/"+vfioGroup }) {
-						t.Errorf("CDI device %q has device nodes %v, want /dev/vfio/%s", name, dev.nodes, vfioGroup)
+					// The group node, and the VFIO container node that
+					// KubeVirt and DPDK open first.
+					for _, want := range []string{"/dev/vfio/" + vfioGroup, "/dev/vfio/vfio"} {
+						if !slices.Contains(dev.nodes, want) {
+							t.Errorf("CDI device %q has device nodes %v, want %s", name, dev.nodes, want)
+						}
 					}
 				}
 			}

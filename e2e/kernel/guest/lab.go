@@ -33,6 +33,10 @@ type lab struct {
 	vfioEP     *endpoint
 	vfioBefore map[string]devState
 	alloc1     time.Duration
+
+	// Set by refuse-shared-group for refuse-reason-logged.
+	refuseLogChecked bool
+	refuseLogMissing string
 }
 
 func newLab() (*lab, error) {

@@ -6,6 +6,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -142,5 +144,56 @@ func (h *harness) discover(t *T) error {
 		return errorsJoin(bad)
 	}
 	t.Detail("devices=%d checked=%d(PF+VF:driver,group,physfn,vfIndex,sriov) discover=%s", len(out.Devices), checked, fmtDur(dur))
+
+	// With a vfio pool over the e2e-vfio PF: one unit per VF (ACS gives
+	// each its own group), ID = address, members = [address], its group.
+	if h.needFlags("discover", "--config") != nil {
+		t.Detail("pools=not-checked(no --config)")
+		return nil
+	}
+	cfg := filepath.Join(h.work, "discover-config.yaml")
+	p := pool{name: "nvme-vf", mode: "vfio", rootDevices: []string{l.pfVfio}}
+	if err := os.WriteFile(cfg, []byte(configYAML(p)), 0o644); err != nil {
+		return err
+	}
+	out, raw, _, err = h.runDiscover("--config", cfg)
+	if err != nil {
+		return err
+	}
+	var units []map[string]any
+	for _, pl := range out.Pools {
+		if str(pl["name"]) == p.name {
+			us, _ := pl["devices"].([]any)
+			for _, u := range us {
+				if m, ok := u.(map[string]any); ok {
+					units = append(units, m)
+				}
+			}
+		}
+	}
+	vfs := vfsOf(l.pfVfio)
+	if len(units) != len(vfs) {
+		bad = append(bad, fmt.Sprintf("pool %s has %d devices, want one per VF %v", p.name, len(units), vfs))
+	}
+	byID := map[string]map[string]any{}
+	for _, u := range units {
+		byID[str(u["id"])] = u
+	}
+	for _, vf := range vfs {
+		u, ok := byID[vf]
+		if !ok {
+			bad = append(bad, fmt.Sprintf("pool %s has no device with id %s", p.name, vf))
+			continue
+		}
+		members, _ := strList(u["members"])
+		if strings.Join(members, ",") != vf || str(u["iommuGroup"]) != groupOf(vf) {
+			bad = append(bad, fmt.Sprintf("pool unit %s: members=%v group=%s, want [%s] group %s", vf, members, str(u["iommuGroup"]), vf, groupOf(vf)))
+		}
+	}
+	if len(bad) > 0 {
+		t.Logf("discover --config output:\n%s", tail(raw, 3000))
+		return errorsJoin(bad)
+	}
+	t.Detail("pool_units=%d", len(units))
 	return nil
 }

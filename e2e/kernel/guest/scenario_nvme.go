@@ -15,7 +15,9 @@ import (
 
 // faultEnv is how the fault scenario asks the product to stop in the middle
 // of a binding: after the VF left its old driver, before vfio-pci has it.
-// The product reads SRIOV_CDI_FAULT; see faultKillRestart.
+// The product's hook (plugin/binding/fault.go) exits the process at once
+// (status 3, no cleanup, as a crash would); a hook that blocks instead is
+// killed with SIGKILL here.
 const faultEnv = "SRIOV_CDI_FAULT=after-unbind"
 
 func (h *harness) needNvmeVFs() error {
@@ -37,16 +39,21 @@ func (h *harness) startNvmePool(t *T, p pool, env ...string) (*pluginEnv, *plugi
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	ep, err := proc.waitRegistered(p.resource(), nil, 60*time.Second)
+	ep, err := proc.waitRegistered(p.resource(), nil, 30*time.Second)
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	u, err := ep.waitDevices(time.Time{}, 30*time.Second, func(d []*pluginapi.Device) bool {
+	u, err := ep.waitDevices(time.Time{}, 20*time.Second, func(d []*pluginapi.Device) bool {
 		return sameSet(addrsOf(healthyIDs(d)), vfs) && len(d) == len(vfs)
 	})
 	if err != nil {
 		proc.dumpLog(40)
 		return nil, nil, nil, nil, fmt.Errorf("want exactly the VFs %v healthy: %w", vfs, err)
+	}
+	if p.mode == "vfio" {
+		if err := h.needWiredPlugin(e, proc); err != nil {
+			return nil, nil, nil, nil, err
+		}
 	}
 	ids, err := idsFor(allIDs(u.devices), vfs)
 	return e, proc, ep, ids, err
@@ -106,7 +113,7 @@ func (h *harness) kernelPool(t *T) error {
 }
 
 func (h *harness) nvmeVfioRoundtrip(t *T) error {
-	if err := h.needPlugin(); err != nil {
+	if err := h.needVfioPlugin(); err != nil {
 		return err
 	}
 	if err := h.needNvmeVFs(); err != nil {
@@ -172,7 +179,7 @@ func (h *harness) nvmeVfioRoundtrip(t *T) error {
 // reconcile from its state file: no VF of the pool left driverless, each
 // either back on nvme or on vfio-pci and recorded so restore can undo it.
 func (h *harness) faultKillRestart(t *T) error {
-	if err := h.needPlugin(); err != nil {
+	if err := h.needVfioPlugin(); err != nil {
 		return err
 	}
 	if !h.cliHasString("SRIOV_CDI_FAULT") {
@@ -204,10 +211,16 @@ func (h *harness) faultKillRestart(t *T) error {
 		return fmt.Errorf("%s never stopped at the fault point (state %s)", target, stateOf(target))
 	}
 	if !proc.exited() {
-		// Let a binding that is not really stuck finish, to see the
-		// difference; a hook that blocks leaves the VF driverless.
+		// Let a hook that exits right after its write, or a binding that
+		// is not really stuck, settle.
 		time.Sleep(500 * time.Millisecond)
-		mid = stateOf(target)
+	}
+	mid = stateOf(target)
+	killedBy := "hook"
+	if proc.exited() {
+		t.Logf("the plugin stopped itself at the fault point: %v", proc.err)
+	} else {
+		killedBy = "sigkill"
 		proc.kill9()
 	}
 	t.Logf("killed: %s is %s; state file %s", target, mid, e.stateFile)
@@ -247,7 +260,7 @@ func (h *harness) faultKillRestart(t *T) error {
 		dmesgTail(t, 20)
 		return errorsJoin(bad)
 	}
-	t.Detail("at_kill=%q after_restart=%s reconciled_in=%s", mid.Driver, driverOf(target), fmtDur(time.Since(restart)))
+	t.Detail("stopped_by=%s driver_at_stop=%q after_restart=%s reconciled_in=%s", killedBy, mid.Driver, driverOf(target), fmtDur(time.Since(restart)))
 	_ = proc2.stop()
 	if err := h.needFlags("restore", "--all"); err == nil {
 		args := h.restoreArgs(e)
@@ -260,5 +273,90 @@ func (h *harness) faultKillRestart(t *T) error {
 		}
 		t.Detail("restore=ok")
 	}
+	return nil
+}
+
+// sigkillMidAllocate needs no hook: it sends SIGKILL the moment the first
+// VF of a 4-VF Allocate leaves nvme, wherever the binder is then. Any such
+// point must be recoverable: after a restart nothing is driverless, and
+// `restore --all` brings every VF back to nvme.
+func (h *harness) sigkillMidAllocate(t *T) error {
+	if err := h.needVfioPlugin(); err != nil {
+		return err
+	}
+	if err := h.needNvmeVFs(); err != nil {
+		return err
+	}
+	l := h.lab
+	vfs := l.nvmeOnline
+	before := snapshot(allPCI())
+	t.Cleanup(func() { putBack(t, before) })
+	p := pool{name: "nvme-kill", mode: "vfio", rootDevices: []string{l.pfNvme}, allowUnbindFrom: []string{"nvme"}}
+	e, proc, ep, ids, err := h.startNvmePool(t, p)
+	if err != nil {
+		return err
+	}
+	go func() { _, _, _ = ep.allocate(ids, 60*time.Second) }()
+	var atKill map[string]devState
+	if !waitFor(30*time.Second, func() bool {
+		for _, vf := range vfs {
+			if driverOf(vf) != "nvme" {
+				return true
+			}
+		}
+		return proc.exited()
+	}) {
+		proc.dumpLog(40)
+		return fmt.Errorf("no VF left nvme within 30s of Allocate %v", ids)
+	}
+	proc.kill9()
+	atKill = snapshot(vfs)
+	t.Logf("SIGKILL sent; states then: %v", atKill)
+
+	proc2, err := e.start()
+	if err != nil {
+		return err
+	}
+	if _, err := proc2.waitRegistered(p.resource(), ep, 30*time.Second); err != nil {
+		return err
+	}
+	var bad []string
+	waitFor(10*time.Second, func() bool {
+		for _, vf := range vfs {
+			if driverOf(vf) == "" {
+				return false
+			}
+		}
+		return true
+	})
+	for _, vf := range vfs {
+		if st := stateOf(vf); st.Driver == "" {
+			bad = append(bad, fmt.Sprintf("%s driverless after restart (%s)", vf, st))
+		}
+	}
+	after := snapshot(vfs)
+	_ = proc2.stop()
+	if err := h.needFlags("restore", "--all"); err == nil {
+		args := h.restoreArgs(e)
+		if r := h.cliRun(120*time.Second, args...); r.err != nil {
+			bad = append(bad, fmt.Sprintf("restore --all: %s", r))
+		}
+		waitFor(10*time.Second, func() bool { return len(ctrlsLive(vfs)) == 0 })
+		if diff := diffStates(before, snapshot(allPCI())); len(diff) > 0 {
+			bad = append(bad, "restore --all after SIGKILL left: "+strings.Join(diff, "; "))
+		}
+		bad = append(bad, ctrlsLive(vfs)...)
+	}
+	if len(bad) > 0 {
+		proc2.dumpLog(40)
+		dmesgTail(t, 20)
+		return errorsJoin(bad)
+	}
+	var killed, restarted []string
+	for _, vf := range vfs {
+		killed = append(killed, fmt.Sprintf("%s=%q", vf[len(vf)-1:], atKill[vf].Driver))
+		restarted = append(restarted, fmt.Sprintf("%s=%s", vf[len(vf)-1:], after[vf].Driver))
+	}
+	t.Detail("at_kill=[%s] after_restart=[%s]", strings.Join(killed, " "), strings.Join(restarted, " "))
 	return nil
 }

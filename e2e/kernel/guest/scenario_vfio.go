@@ -101,7 +101,7 @@ func onlyChanged(before, after map[string]devState, allowed []string) []string {
 }
 
 func (h *harness) vfioAllocate(t *T) error {
-	if err := h.needPlugin(); err != nil {
+	if err := h.needVfioPlugin(); err != nil {
 		return err
 	}
 	l := h.lab
@@ -118,16 +118,28 @@ func (h *harness) vfioAllocate(t *T) error {
 		return err
 	}
 	l.vfioProc = proc
-	ep, err := proc.waitRegistered(p.resource(), nil, 60*time.Second)
+	// Only a passing run hands the plugin on (to vfio-allocate-multi and
+	// restore-all); otherwise it must not overlap the next scenario's.
+	defer func() {
+		if l.vfioEP == nil {
+			_ = proc.stop()
+			e.kubelet.stop()
+			putBack(t, l.vfioBefore)
+		}
+	}()
+	ep, err := proc.waitRegistered(p.resource(), nil, 30*time.Second)
 	if err != nil {
 		return err
 	}
-	u, err := ep.waitDevices(time.Time{}, 30*time.Second, func(d []*pluginapi.Device) bool {
+	u, err := ep.waitDevices(time.Time{}, 20*time.Second, func(d []*pluginapi.Device) bool {
 		return sameSet(addrsOf(healthyIDs(d)), vfs) && len(d) == len(vfs)
 	})
 	if err != nil {
 		proc.dumpLog(40)
 		return fmt.Errorf("want exactly the VFs %v healthy: %w", vfs, err)
+	}
+	if err := h.needWiredPlugin(e, proc); err != nil {
+		return err
 	}
 	ids, err := idsFor(allIDs(u.devices), vfs)
 	if err != nil {
@@ -156,7 +168,7 @@ func (h *harness) vfioAllocate(t *T) error {
 func (h *harness) vfioAllocateMulti(t *T) error {
 	l := h.lab
 	if l.vfioEP == nil || l.vfioProc == nil || l.vfioProc.exited() {
-		if err := h.needPlugin(); err != nil {
+		if err := h.needVfioPlugin(); err != nil {
 			return err
 		}
 		return skipf("needs the plugin that vfio-allocate starts (vfio-allocate did not pass)")
@@ -236,7 +248,7 @@ func (h *harness) restoreAll(t *T) error {
 }
 
 func (h *harness) numVFsShrink(t *T) error {
-	if err := h.needPlugin(); err != nil {
+	if err := h.needVfioPlugin(); err != nil {
 		return err
 	}
 	l := h.lab
@@ -261,15 +273,18 @@ func (h *harness) numVFsShrink(t *T) error {
 	if err != nil {
 		return err
 	}
-	ep, err := proc.waitRegistered(p.resource(), nil, 60*time.Second)
+	ep, err := proc.waitRegistered(p.resource(), nil, 30*time.Second)
 	if err != nil {
 		return err
 	}
-	u, err := ep.waitDevices(time.Time{}, 30*time.Second, func(d []*pluginapi.Device) bool {
+	u, err := ep.waitDevices(time.Time{}, 20*time.Second, func(d []*pluginapi.Device) bool {
 		return sameSet(addrsOf(healthyIDs(d)), vfs) && len(d) == len(vfs)
 	})
 	if err != nil {
 		proc.dumpLog(40)
+		return err
+	}
+	if err := h.needWiredPlugin(e, proc); err != nil {
 		return err
 	}
 	// One VF that is about to vanish is in use (bound to vfio-pci).
@@ -286,7 +301,10 @@ func (h *harness) numVFsShrink(t *T) error {
 	}
 
 	// The kernel removes the VFs one by one while the write blocks (about
-	// 1 s under TCG): time the drop from the moment the last one vanished.
+	// 1 s under TCG), and holds the PF's device lock all along: reading
+	// the PF's sriov_numvfs blocks until the write returns (see
+	// kernel-binding-facts), so a rescan cannot finish before that. The
+	// drop is timed from the moment the write returned.
 	vanished := make(chan time.Time, 1)
 	go func() {
 		waitFor(10*time.Second, func() bool {
@@ -319,7 +337,9 @@ func (h *harness) numVFsShrink(t *T) error {
 		proc.dumpLog(40)
 		return fmt.Errorf("after sriov_numvfs 5->0: %w", err)
 	}
-	dropDelay := max(gone.at.Sub(goneAt), 0)
+	t.Logf("timeline from the write of 0: last VF gone from sysfs +%s, write returned +%s, ListAndWatch without them +%s",
+		fmtDur(goneAt.Sub(w0)), fmtDur(w0End.Sub(w0)), fmtDur(gone.at.Sub(w0)))
+	dropDelay := max(gone.at.Sub(w0End), 0)
 
 	w2 := time.Now()
 	if err := writeAttr(devPath(pf)+"/sriov_numvfs", "2"); err != nil {
@@ -338,10 +358,11 @@ func (h *harness) numVFsShrink(t *T) error {
 		proc.dumpLog(40)
 		return fmt.Errorf("plugin exited: %v", proc.err)
 	}
-	t.Detail("kernel_numvfs_5to0=%s dropped_after=%s kernel_numvfs_0to2=%s added_after=%s",
+	t.Detail("kernel_numvfs_5to0=%s dropped_after_write=%s kernel_numvfs_0to2=%s added_after_write=%s",
 		fmtDur(w0End.Sub(w0)), fmtDur(dropDelay), fmtDur(w2End.Sub(w2)), fmtDur(addDelay))
 	if dropDelay > time.Second {
-		return fmt.Errorf("ListAndWatch dropped the removed VFs %s after the kernel removed them, want <= 1s", fmtDur(dropDelay))
+		proc.dumpLog(40)
+		return fmt.Errorf("ListAndWatch dropped the removed VFs %s after the sriov_numvfs write returned, want <= 1s", fmtDur(dropDelay))
 	}
 	return nil
 }

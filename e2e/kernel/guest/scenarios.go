@@ -12,6 +12,7 @@ import (
 func scenarios(h *harness) []scenario {
 	return []scenario{
 		{name: "nvme-vfs-online", timeout: 120 * time.Second, run: h.nvmeVFsOnline},
+		{name: "kernel-binding-facts", run: h.kernelBindingFacts},
 		{name: "discover", run: h.discover},
 		{name: "vfio-allocate", run: h.vfioAllocate},
 		{name: "vfio-allocate-multi", run: h.vfioAllocateMulti},
@@ -20,7 +21,10 @@ func scenarios(h *harness) []scenario {
 		{name: "kernel-pool", run: h.kernelPool},
 		{name: "nvme-vfio-roundtrip", run: h.nvmeVfioRoundtrip},
 		{name: "fault-kill-restart", timeout: 180 * time.Second, run: h.faultKillRestart},
+		{name: "sigkill-mid-allocate", timeout: 180 * time.Second, run: h.sigkillMidAllocate},
 		{name: "refuse-shared-group", run: h.refuseSharedGroup},
+		{name: "refuse-reason-logged", run: h.refuseReasonLogged},
+		{name: "kernel-log-clean", run: h.kernelLogClean},
 	}
 }
 
@@ -52,9 +56,30 @@ func (h *harness) nvmeVFsOnline(t *T) error {
 	return nil
 }
 
-// needVfioPlugin is the common prerequisite of the plugin scenarios.
+// needPlugin is the common prerequisite of the plugin scenarios.
 func (h *harness) needPlugin() error {
 	return h.needFlags("plugin", "--config", "--device-plugin-dir", "--cdi-dir", "--state-file", "--sysfs-root")
+}
+
+// needVfioPlugin: the plugin plus the vfio binder and the CDI spec writer.
+func (h *harness) needVfioPlugin() error {
+	if err := h.needPlugin(); err != nil {
+		return err
+	}
+	return h.needLinked("vfio binding and CDI specs in the plugin", symBinder, symCDIWriter)
+}
+
+// needWiredPlugin is the runtime half of needVfioPlugin: the packages can be
+// linked (for other commands) before `sriov-cdi plugin` uses them. The
+// plugin writes its CDI specs before it advertises devices, so a running,
+// registered plugin with an empty CDI dir has no spec writer (and, wired
+// in the same place, no binder) yet.
+func (h *harness) needWiredPlugin(e *pluginEnv, proc *pluginProc) error {
+	if waitFor(3*time.Second, func() bool { _, files := e.cdiSpecs(); return len(files) > 0 }) {
+		return nil
+	}
+	proc.dumpLog(10)
+	return skipf("`sriov-cdi plugin` registered but wrote no CDI spec into --cdi-dir: its CDI writer and vfio binder are not wired in yet")
 }
 
 // restoreArgs returns `restore --all` plus whichever of our root/state

@@ -4,7 +4,6 @@ package main
 // product's view against these, so they deliberately share no code with it.
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -257,5 +256,3 @@ func isCharDev(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
-
-var errNotFound = errors.New("not found")

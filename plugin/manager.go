@@ -67,6 +67,8 @@ type Manager struct {
 	endpoints map[string]*managed // by resource
 	lastWarn  []sysfs.Warning
 	refusals  map[sysfs.Address]string // last logged refusal reason per function
+	specPlan  *pool.Plan               // the plan whose specs were written last
+	specSkips int                      // replans since, with specs left alone
 
 	kick chan trigger
 	// startupFailed: units of bindAt: startup pools whose binding failed,
@@ -284,10 +286,11 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 	plan := pool.Build(m.cfg, h)
 	m.recordPlan(plan)
 	m.logRefusals(plan)
-	if m.opts.Specs != nil {
+	if m.opts.Specs != nil && m.specsDue(plan) {
 		if err := m.opts.Specs.Sync(plan, h); err != nil {
 			return fmt.Errorf("write CDI specs: %w", err)
 		}
+		m.specPlan, m.specSkips = plan, 0
 	}
 	m.pruneDeviceInfo(plan)
 	m.mu.Lock()
@@ -513,6 +516,26 @@ func (m *Manager) pruneDeviceInfo(plan *pool.Plan) {
 			m.log.Warn("prune device-info files", zap.String("resource", res), zap.Error(err))
 		}
 	}
+}
+
+// specsDue reports whether the CDI specs must be rebuilt: the plan changed
+// (units, groups, pools), a pool injects iommufd nodes (which follow
+// binding), or a dozen replans went by (a spec file deleted by hand comes
+// back within a minute). Rebuilding unchanged specs is where most of a
+// rescan's garbage came from.
+func (m *Manager) specsDue(plan *pool.Plan) bool {
+	const resyncEvery = 12
+	if m.specPlan == nil || m.specSkips >= resyncEvery || len(plan.Pools) != len(m.specPlan.Pools) {
+		return true
+	}
+	for i := range plan.Pools {
+		a, b := &plan.Pools[i], &m.specPlan.Pools[i]
+		if a.Resource != b.Resource || a.Mode != b.Mode || a.Config.IOMMUFD || !reflect.DeepEqual(a.Units, b.Units) {
+			return true
+		}
+	}
+	m.specSkips++
+	return false
 }
 
 // logRefusals logs each function a pool's selectors matched but that the

@@ -77,9 +77,21 @@ func BenchmarkStartToFirstLists(b *testing.B) {
 }
 
 // BenchmarkAllocate measures Allocate over gRPC (no binding: kernel pool)
-// for 1 and 8 devices and reports the 99th percentile.
+// for 1 and 8 devices and reports the 99th percentile, with and without
+// Multus device-info files (written to /var/run, a tmpfs, in production;
+// to the test's temporary directory here).
 func BenchmarkAllocate(b *testing.B) {
-	h := startHarness(b, 2, 16, `pools: [{name: vf, selectors: {devices: ["154c"]}}]`, nil, zap.NewNop())
+	for _, devinfo := range []bool{false, true} {
+		b.Run(fmt.Sprintf("deviceinfo=%v", devinfo), func(b *testing.B) { benchAllocate(b, devinfo) })
+	}
+}
+
+func benchAllocate(b *testing.B, devinfo bool) {
+	h := startHarness(b, 2, 16, `pools: [{name: vf, selectors: {devices: ["154c"]}}]`, nil, zap.NewNop(), func(_ string, o *Options) {
+		if !devinfo {
+			o.DeviceInfo = nil
+		}
+	})
 	regs := h.registrations(b, 1)
 	c := h.kubelet.client(b, regs["sriov-cdi.io/vf"])
 	for _, n := range []int{1, 8} {

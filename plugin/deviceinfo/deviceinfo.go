@@ -6,6 +6,7 @@
 package deviceinfo
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,6 +70,9 @@ func (w Writer) Write(resource string, units []pool.Unit) error {
 			return err
 		}
 		path := filepath.Join(w.Dir, FileName(resource, u.ID))
+		if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
+			continue // a device allocated again: same content, no write
+		}
 		tmp := path + ".tmp"
 		if err := os.WriteFile(tmp, b, 0o644); err != nil {
 			return fmt.Errorf("write device-info file for %s: %w", u.ID, err)

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -58,4 +59,34 @@ func files(t *testing.T, dir string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+func TestRewriteOfSameContentDoesNotWrite(t *testing.T) {
+	w := Writer{Dir: t.TempDir()}
+	u := []pool.Unit{{ID: "0000:3b:02.0", PF: "0000:3b:00.0", Class: "020000"}}
+	if err := w.Write("example.com/vf", u); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(w.Dir, FileName("example.com/vf", "0000:3b:02.0"))
+	before, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write("example.com/vf", u); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(before, after) || !before.ModTime().Equal(after.ModTime()) {
+		t.Error("unchanged content was written again")
+	}
+	u[0].PF = "0000:3b:00.1" // changed content is written
+	if err := w.Write("example.com/vf", u); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p); !strings.Contains(string(b), "0000:3b:00.1") {
+		t.Errorf("changed content not written: %s", b)
+	}
 }

@@ -49,7 +49,11 @@ type Options struct {
 	// DeviceInfo writes Multus device-info files for allocated network
 	// VFs; nil: none written.
 	DeviceInfo *deviceinfo.Writer
-	Log        *zap.Logger
+	// PodResources, with DeviceInfo, removes the device-info files of
+	// devices kubelet no longer lists as assigned; nil: files go only when
+	// their device leaves the pool.
+	PodResources PodLister
+	Log          *zap.Logger
 }
 
 // Manager runs one endpoint per pool and keeps them in step with the host,
@@ -196,6 +200,9 @@ func (m *Manager) Run(ctx context.Context) error {
 
 	if err := m.replan(ctx, nil); err != nil {
 		return err
+	}
+	if m.opts.DeviceInfo != nil && m.opts.PodResources != nil {
+		go m.releaseDeviceInfo(ctx, m.opts.PodResources, 10*time.Second)
 	}
 	m.bindStartupPools(ctx)
 	m.registerAll(ctx)

@@ -137,6 +137,7 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 		if err != nil {
 			return err
 		}
+		opts.PodResources = podresourcesv1.NewPodResourcesListerClient(conn)
 		go func() {
 			defer conn.Close()
 			if err := binding.NewWatcher(bm, podresourcesv1.NewPodResourcesListerClient(conn), log.Named("release"), 0, 0).Run(ctx); err != nil && ctx.Err() == nil {

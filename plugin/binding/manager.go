@@ -225,23 +225,15 @@ func (m *Manager) Unbind(ctx context.Context, pc *config.Pool, units []pool.Unit
 // PlanPrepare returns what Prepare would change, after the same checks,
 // without writing anything.
 func (m *Manager) PlanPrepare(pc *config.Pool, units []pool.Unit) ([]Change, error) {
-	if err := checkMode(pc); err != nil {
-		return nil, err
-	}
-	done, err := m.begin(false)
-	if err != nil {
-		return nil, err
-	}
-	defer done()
-	plans, err := m.check(pc, units, sysfs.VFIODriver)
-	if err != nil {
-		return nil, err
-	}
-	return changesOf(plans, pc), nil
+	return m.planChange(pc, units, sysfs.VFIODriver)
 }
 
 // PlanUnbind is PlanPrepare for Unbind.
 func (m *Manager) PlanUnbind(pc *config.Pool, units []pool.Unit) ([]Change, error) {
+	return m.planChange(pc, units, "")
+}
+
+func (m *Manager) planChange(pc *config.Pool, units []pool.Unit, target string) ([]Change, error) {
 	if err := checkMode(pc); err != nil {
 		return nil, err
 	}
@@ -250,7 +242,7 @@ func (m *Manager) PlanUnbind(pc *config.Pool, units []pool.Unit) ([]Change, erro
 		return nil, err
 	}
 	defer done()
-	plans, err := m.check(pc, units, "")
+	plans, err := m.check(pc, units, target)
 	if err != nil {
 		return nil, err
 	}

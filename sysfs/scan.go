@@ -226,16 +226,22 @@ func (s *scanner) readDevice(name string, buf []byte) (*Device, []Warning) {
 		warn("uevent unreadable, reading ids one by one: %v", err)
 	}
 	parseUevent(ue, d)
-	if d.Vendor == "" || d.Device == "" || d.Class == "" {
+	ueventOK := d.Vendor != "" && d.Device != "" && d.Class != ""
+	if !ueventOK {
+		d.Driver = "" // a garbled uevent says nothing reliable
 		if err := readIDs(dfd, dir, d, buf); err != nil {
 			return nil, append(warns, Warning{Device: addr, Message: "skipped: cannot identify function: " + err.Error()})
 		}
 	}
 
-	if target, err := readLinkAt(dfd, dir, "driver", buf); err == nil {
-		d.Driver = filepath.Base(target)
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		warn("driver link unreadable: %v", err)
+	// uevent's DRIVER= is the bound driver at the time of the read (the
+	// kernel prints dev->driver); the link is read only without uevent.
+	if !ueventOK {
+		if target, err := readLinkAt(dfd, dir, "driver", buf); err == nil {
+			d.Driver = filepath.Base(target)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			warn("driver link unreadable: %v", err)
+		}
 	}
 	if v, err := readAttrAt(dfd, dir, "driver_override", buf); err == nil && v != "(null)" {
 		d.DriverOverride = v
@@ -376,6 +382,8 @@ func parseUevent(s string, d *Device) {
 			continue
 		}
 		switch k {
+		case "DRIVER":
+			d.Driver = v
 		case "PCI_ID":
 			vendor, device, _ := strings.Cut(v, ":")
 			if len(vendor) == 4 && isHex(vendor) && len(device) == 4 && isHex(device) {

@@ -183,7 +183,7 @@ func TestScanAnomalies(t *testing.T) {
 	if diff := cmp.Diff([]string{"0000:01:00.0", "0000:01:00.1", "0000:01:00.4", "0000:01:00.5", "0000:01:00.6"}, addrs); diff != "" {
 		t.Errorf("kept devices (-want +got)\n%s", diff)
 	}
-	if d := h.Device("0000:01:00.1"); d.Vendor != "8086" || d.Device != "1521" || d.NUMANode != -1 {
+	if d := h.Device("0000:01:00.1"); d.Vendor != "8086" || d.Device != "1521" || d.NUMANode != -1 || d.Driver != "igb" {
 		t.Errorf("fallback ids: %+v", d)
 	}
 	if d := h.Device("0000:01:00.4"); d.NUMANode != -1 || d.DriverOverride != "" {

@@ -286,7 +286,7 @@ func (s *scanner) readDevice(name string, buf []byte) (*Device, []Warning) {
 	if names, err := readDirNamesAt(dfd, "net"); err == nil {
 		sort.Strings(names)
 		for _, n := range names {
-			d.Netdevs = append(d.Netdevs, s.readNetdev(filepath.Join(dir, "net", n), n, buf))
+			d.Netdevs = append(d.Netdevs, s.readNetdev(dfd, dir, n, buf))
 		}
 	}
 	return d, warns
@@ -323,20 +323,19 @@ func (s *scanner) readSRIOV(dfd int, dir, total string, buf []byte, warn func(st
 	return sr
 }
 
-func (s *scanner) readNetdev(dir, name string, buf []byte) Netdev {
+// readNetdev reads net/<name>/ of the device open as dfd.
+func (s *scanner) readNetdev(dfd int, dir, name string, buf []byte) Netdev {
 	n := Netdev{Name: name}
-	if fd, err := openDir(dir, unix.O_PATH); err == nil {
-		n.OperState, _ = readAttrAt(fd, dir, "operstate", buf)
-		// carrier reads EINVAL while the interface is down: no carrier.
-		if n.OperState == "up" {
-			if v, err := readAttrAt(fd, dir, "carrier", buf); err == nil {
-				n.Carrier = v == "1"
-			}
+	rel := "net/" + name + "/"
+	n.OperState, _ = readAttrAt(dfd, dir, rel+"operstate", buf)
+	// carrier reads EINVAL while the interface is down: no carrier.
+	if n.OperState == "up" {
+		if v, err := readAttrAt(dfd, dir, rel+"carrier", buf); err == nil {
+			n.Carrier = v == "1"
 		}
-		if v, err := readAttrAt(fd, dir, "type", buf); err == nil {
-			n.LinkType = linkType(v)
-		}
-		unix.Close(fd)
+	}
+	if v, err := readAttrAt(dfd, dir, rel+"type", buf); err == nil {
+		n.LinkType = linkType(v)
 	}
 	if s.net != nil {
 		n.HostUse = s.net.HostUse(name)

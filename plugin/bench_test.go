@@ -88,6 +88,7 @@ func BenchmarkAllocate(b *testing.B) {
 
 func benchAllocate(b *testing.B, devinfo bool) {
 	h := startHarness(b, 2, 16, `pools: [{name: vf, selectors: {devices: ["154c"]}}]`, nil, zap.NewNop(), func(_ string, o *Options) {
+		o.RescanInterval = 5 * time.Second // the production default, not the tests' 50 ms
 		if !devinfo {
 			o.DeviceInfo = nil
 		}

@@ -366,17 +366,30 @@ func (m *Manager) reload(ctx context.Context) {
 }
 
 func (m *Manager) registerAll(ctx context.Context) {
-	for _, e := range m.snapshotEndpoints() {
-		m.register(ctx, e)
-	}
+	m.eachEndpoint(func(e *managed) { m.register(ctx, e) })
 }
 
 func (m *Manager) registerMissing(ctx context.Context) {
-	for _, e := range m.snapshotEndpoints() {
+	m.eachEndpoint(func(e *managed) {
 		if !e.ep.isRegistered() {
 			m.register(ctx, e)
 		}
+	})
+}
+
+// eachEndpoint runs f for every endpoint in parallel and waits: kubelet
+// dials each plugin back during Register, so one at a time would add the
+// round trips up.
+func (m *Manager) eachEndpoint(f func(*managed)) {
+	var wg sync.WaitGroup
+	for _, e := range m.snapshotEndpoints() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(e)
+		}()
 	}
+	wg.Wait()
 }
 
 func (m *Manager) register(ctx context.Context, e *managed) {
@@ -392,13 +405,13 @@ func (m *Manager) register(ctx context.Context, e *managed) {
 // restartAll re-creates every socket (kubelet deleted them when it
 // started) and registers again.
 func (m *Manager) restartAll(ctx context.Context) {
-	for _, e := range m.snapshotEndpoints() {
+	m.eachEndpoint(func(e *managed) {
 		if err := e.ep.serve(); err != nil {
 			m.log.Error("restart device plugin server", zap.String("resource", e.ep.resource), zap.Error(err))
-			continue
+			return
 		}
 		m.register(ctx, e)
-	}
+	})
 }
 
 func (m *Manager) snapshotEndpoints() []*managed {

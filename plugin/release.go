@@ -7,17 +7,16 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
 	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
-// PodLister is the part of kubelet's PodResources API the plugin uses.
-type PodLister interface {
-	List(ctx context.Context, in *podresourcesv1.ListPodResourcesRequest, opts ...grpc.CallOption) (*podresourcesv1.ListPodResourcesResponse, error)
-}
+// PodLister is the part of kubelet's PodResources API the plugin uses (the
+// release watcher of vfio bindings uses the same).
+type PodLister = binding.PodLister
 
 // deviceInfoGrace is how long a device-info file may exist before kubelet
 // lists its device as assigned (Allocate writes it before kubelet records
@@ -51,19 +50,7 @@ func (m *Manager) pollReleases(ctx context.Context, lister PodLister, now time.T
 	if err != nil {
 		return err
 	}
-	assigned := map[string]map[sysfs.Address]bool{} // resource -> IDs
-	for _, p := range resp.GetPodResources() {
-		for _, c := range p.GetContainers() {
-			for _, d := range c.GetDevices() {
-				for _, id := range d.GetDeviceIds() {
-					if assigned[d.GetResourceName()] == nil {
-						assigned[d.GetResourceName()] = map[sysfs.Address]bool{}
-					}
-					assigned[d.GetResourceName()][sysfs.Address(id)] = true
-				}
-			}
-		}
-	}
+	assigned := binding.AssignedDevices(resp)
 	w := m.opts.DeviceInfo
 	for _, e := range m.snapshotEndpoints() {
 		res := e.ep.resource

@@ -3,6 +3,7 @@ package binding
 import (
 	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	"go.uber.org/zap"
@@ -81,6 +82,30 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 }
 
+// AssignedDevices returns, per resource name, the device IDs a
+// PodResources List answer shows assigned to some container. IDs that are
+// not PCI addresses (another plugin's) are left out.
+func AssignedDevices(resp *podresourcesv1.ListPodResourcesResponse) map[string]map[sysfs.Address]bool {
+	out := map[string]map[sysfs.Address]bool{}
+	for _, p := range resp.GetPodResources() {
+		for _, c := range p.GetContainers() {
+			for _, d := range c.GetDevices() {
+				for _, id := range d.GetDeviceIds() {
+					a, err := sysfs.ParseAddress(id)
+					if err != nil {
+						continue
+					}
+					if out[d.GetResourceName()] == nil {
+						out[d.GetResourceName()] = map[sysfs.Address]bool{}
+					}
+					out[d.GetResourceName()][a] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
 // Poll lists the devices kubelet has assigned and releases the prepared
 // units that are no longer among them.
 func (w *Watcher) Poll(ctx context.Context) error {
@@ -91,16 +116,8 @@ func (w *Watcher) Poll(ctx context.Context) error {
 		return fmt.Errorf("list pod resources: %w", err)
 	}
 	assigned := map[sysfs.Address]bool{}
-	for _, p := range resp.GetPodResources() {
-		for _, c := range p.GetContainers() {
-			for _, d := range c.GetDevices() {
-				for _, id := range d.GetDeviceIds() {
-					if a, err := sysfs.ParseAddress(id); err == nil {
-						assigned[a] = true
-					}
-				}
-			}
-		}
+	for _, ids := range AssignedDevices(resp) {
+		maps.Copy(assigned, ids)
 	}
 	release, err := w.m.observe(assigned, w.grace)
 	if err != nil {

@@ -42,7 +42,7 @@ func pluginCommand() *ucli.Command {
 				// A long-running node agent: trade a little GC work (each
 				// rescan allocates ~2 MB for 1,024 VFs) for a smaller
 				// footprint; GOGC overrides it.
-				debug.SetGCPercent(50)
+				debug.SetGCPercent(25)
 			}
 			log, err := newLogger(cmd)
 			if err != nil {

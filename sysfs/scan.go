@@ -480,7 +480,8 @@ func openDir(dir string, flags int) (int, error) {
 	return fd, nil
 }
 
-// readDirNamesAt lists dfd's subdirectory name.
+// readDirNamesAt lists dfd's subdirectory name with getdents directly
+// (os.NewFile would add an fcntl per directory).
 func readDirNamesAt(dfd int, name string) ([]string, error) {
 	fd, err := retry(func() (int, error) {
 		return unix.Openat(dfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -488,9 +489,19 @@ func readDirNamesAt(dfd int, name string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := os.NewFile(uintptr(fd), name)
-	defer f.Close()
-	return f.Readdirnames(-1)
+	defer unix.Close(fd)
+	var names []string
+	buf := make([]byte, 4096)
+	for {
+		n, err := retry(func() (int, error) { return unix.Getdents(fd, buf) })
+		if err != nil {
+			return nil, &fs.PathError{Op: "getdents", Path: name, Err: err}
+		}
+		if n <= 0 {
+			return names, nil
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
 }
 
 func readDirNames(dir string) ([]string, error) {

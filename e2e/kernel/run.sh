@@ -19,7 +19,9 @@
 #                ./cmd/sriov-cdi (e.g. a release artifact).
 set -euo pipefail
 
-KVER=6.1.0-56-amd64
+# Pinned (LABS: the lab was verified on this ABI); E2E_KVER picks another
+# linux-image-<KVER> when Debian drops this one from its mirrors.
+KVER=${E2E_KVER:-6.1.0-56-amd64}
 KPKG=linux-image-${KVER}
 # Modules the guest loads, in this order (closure computed with modprobe).
 MODULES=(nvme vfio vfio_iommu_type1 vfio_pci)

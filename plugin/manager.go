@@ -79,6 +79,7 @@ type Manager struct {
 	// not retried until the config changes (Allocate still tries).
 	startupFailed map[sysfs.Address]bool
 	host          *sysfs.Host  // last scan; owned by the Run goroutine
+	plan          *pool.Plan   // the plan of host; guarded by planMu
 	alive         atomic.Int64 // unix nanos of the last loop turn
 	registrations atomic.Int64
 }
@@ -291,6 +292,7 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 		m.lastWarn = h.Warnings
 	}
 	plan := pool.Build(m.cfg, h)
+	m.plan = plan
 	m.recordPlan(plan)
 	m.logRefusals(plan)
 	if m.opts.Specs != nil && m.specsDue(plan) {
@@ -446,7 +448,7 @@ func (m *Manager) shutdown() {
 // interlocks as Allocate.
 func (m *Manager) bindStartupPools(ctx context.Context) {
 	m.planMu.Lock()
-	h, cfg := m.host, m.cfg
+	h, plan := m.host, m.plan // the last replan's plan: no second Build
 	m.planMu.Unlock()
 	if h == nil {
 		return
@@ -454,7 +456,6 @@ func (m *Manager) bindStartupPools(ctx context.Context) {
 	if m.startupFailed == nil {
 		m.startupFailed = map[sysfs.Address]bool{}
 	}
-	plan := pool.Build(cfg, h)
 	for i := range plan.Pools {
 		p := &plan.Pools[i]
 		if p.Mode != config.ModeVFIO || p.Config.BindAt != config.BindAtStartup {

@@ -87,3 +87,33 @@ pools:
 		t.Errorf("a kernel pool's Allocate wrote driver attributes: %+v", got[writes:])
 	}
 }
+
+// TestBindAtStartup: a vfio pool with bindAt: startup is bound before it is
+// registered, through the same binding manager (fake kernel, as above).
+func TestBindAtStartup(t *testing.T) {
+	log := zaptest.NewLogger(t)
+	var root sysfs.Root
+	cfg := `pools: [{name: vf, mode: vfio, bindAt: startup, selectors: {rootDevices: ["0000:01:00.0"]}}]`
+	h := startHarness(t, 1, 2, cfg, nil, log, func(dir string, o *Options) {
+		host := filepath.Join(dir, "host")
+		k, err := sysfstest.NewKernel(host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(k.Unhang)
+		root = o.Root
+		bm, err := binding.NewManager(root, filepath.Join(dir, "state.json"), log, binding.WithWriter(k),
+			binding.WithTimeout(2*time.Second), binding.WithPollInterval(time.Millisecond), binding.WithFault(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Prepare = binding.ForAllocate{M: bm}
+	})
+	h.registrations(t, 1)
+	for _, a := range []sysfs.Address{"0000:01:00.1", "0000:01:00.2"} {
+		st, err := sysfs.NewBinder(root).Read(a)
+		if err != nil || st.Driver != "vfio-pci" {
+			t.Errorf("%s at registration: %+v, %v; want vfio-pci", a, st, err)
+		}
+	}
+}

@@ -512,30 +512,23 @@ func (m *Manager) pruneDeviceInfo(plan *pool.Plan) {
 	if m.opts.DeviceInfo == nil {
 		return
 	}
-	seen := map[string]bool{}
+	keep := map[string]map[sysfs.Address]bool{}
 	for i := range plan.Pools {
 		p := &plan.Pools[i]
-		seen[p.Resource] = true
-		keep := map[sysfs.Address]bool{}
+		keep[p.Resource] = map[sysfs.Address]bool{}
 		for _, u := range p.Units {
-			keep[u.ID] = true
-		}
-		if err := m.opts.DeviceInfo.Prune(p.Resource, keep); err != nil {
-			m.log.Warn("prune device-info files", zap.String("pool", p.Name), zap.Error(err))
+			keep[p.Resource][u.ID] = true
 		}
 	}
 	m.mu.Lock()
-	var gone []string
 	for res := range m.endpoints {
-		if !seen[res] {
-			gone = append(gone, res)
+		if _, ok := keep[res]; !ok {
+			keep[res] = nil // a pool going away: all its files
 		}
 	}
 	m.mu.Unlock()
-	for _, res := range gone {
-		if err := m.opts.DeviceInfo.Prune(res, nil); err != nil {
-			m.log.Warn("prune device-info files", zap.String("resource", res), zap.Error(err))
-		}
+	if err := m.opts.DeviceInfo.Prune(keep); err != nil {
+		m.log.Warn("prune device-info files", zap.Error(err))
 	}
 }
 

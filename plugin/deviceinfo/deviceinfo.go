@@ -96,9 +96,11 @@ func (w Writer) Remove(resource string, ids ...sysfs.Address) error {
 	return errors.Join(errs...)
 }
 
-// Prune deletes the files of resource whose device is not in keep (devices
-// no longer advertised). Files of other resources are not touched.
-func (w Writer) Prune(resource string, keep map[sysfs.Address]bool) error {
+// Prune deletes, for every resource in keep, its files whose device is not
+// in keep[resource] (a nil set removes all of that resource's files). The
+// directory is listed once; files of resources not in keep (other device
+// plugins share the directory) are not touched.
+func (w Writer) Prune(keep map[string]map[sysfs.Address]bool) error {
 	entries, err := os.ReadDir(w.Dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -106,24 +108,29 @@ func (w Writer) Prune(resource string, keep map[sysfs.Address]bool) error {
 	if err != nil {
 		return fmt.Errorf("list device-info directory: %w", err)
 	}
-	prefix := strings.ReplaceAll(resource, "/", "-") + "-"
-	var stale []sysfs.Address
+	stale := map[string][]sysfs.Address{}
 	for _, e := range entries {
-		rest, ok := strings.CutPrefix(e.Name(), prefix)
-		if !ok {
-			continue
-		}
-		id, ok := strings.CutSuffix(rest, "-device.json")
-		if !ok {
-			continue
-		}
-		a, err := sysfs.ParseAddress(id)
-		if err != nil {
-			continue // another resource sharing our prefix, or not ours
-		}
-		if !keep[a] {
-			stale = append(stale, a)
+		for resource, ids := range keep {
+			rest, ok := strings.CutPrefix(e.Name(), strings.ReplaceAll(resource, "/", "-")+"-")
+			if !ok {
+				continue
+			}
+			id, ok := strings.CutSuffix(rest, "-device.json")
+			if !ok {
+				continue
+			}
+			a, err := sysfs.ParseAddress(id)
+			if err != nil {
+				continue // a resource whose name extends this one's, or not ours
+			}
+			if !ids[a] {
+				stale[resource] = append(stale[resource], a)
+			}
 		}
 	}
-	return w.Remove(resource, stale...)
+	var errs []error
+	for resource, ids := range stale {
+		errs = append(errs, w.Remove(resource, ids...))
+	}
+	return errors.Join(errs...)
 }

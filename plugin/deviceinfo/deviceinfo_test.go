@@ -33,7 +33,7 @@ func TestWritePruneRemove(t *testing.T) {
 	if diff := cmp.Diff(`{"type":"pci","version":"1.1.0","pci":{"pci-address":"0000:3b:02.0","pf-pci-address":"0000:3b:00.0"}}`, string(b)); diff != "" {
 		t.Errorf("content (-want +got)\n%s", diff)
 	}
-	if err := w.Prune("example.com/vf", map[sysfs.Address]bool{"0000:3b:02.1": true}); err != nil {
+	if err := w.Prune(map[string]map[sysfs.Address]bool{"example.com/vf": {"0000:3b:02.1": true}}); err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff([]string{"example.com-vf-0000:3b:02.1-device.json", "example.com-vf-other-0000:3b:02.0-device.json"}, files(t, w.Dir)); diff != "" {

@@ -184,14 +184,14 @@ func QualifiedName(resource string, id sysfs.Address) string {
 // the last one wins), so the plugin sets it in its Allocate response, with
 // AllocateEnv.
 func PCIDeviceEnv(resource string) string {
-	return "PCIDEVICE_" + strings.ToUpper(strings.NewReplacer(".", "_", "/", "_").Replace(resource))
+	return config.PCIDeviceEnv(resource) // one mangling rule, which config validation checks for collisions
 }
 
 // PCIResourceEnv is the variable KubeVirt reads for a resource when
 // externalResourceProvider is set: "PCI_RESOURCE_" + resource, upper-cased,
 // '.' and '/' as '_'. Value: comma-separated addresses.
 func PCIResourceEnv(resource string) string {
-	return "PCI_RESOURCE_" + strings.ToUpper(strings.NewReplacer(".", "_", "/", "_").Replace(resource))
+	return config.PCIResourceEnv(resource)
 }
 
 // DeviceEnv is the per-device variable a CDI device sets, whose value is

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +14,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/sriov-cdi/sriov-cdi/plugin/config"
 )
 
 // KubeletSocketName is kubelet's registration socket in the device plugin
@@ -42,7 +43,7 @@ func newEndpoint(dir, resource string, srv pluginapi.DevicePluginServer, opts *p
 
 // socketName is unique per resource and recognisably ours.
 func socketName(resource string) string {
-	return "sriov-cdi-" + strings.NewReplacer("/", "_", ".", "_").Replace(resource) + ".sock"
+	return config.SocketName(resource) // one mangling rule, which config validation checks for collisions
 }
 
 func (e *endpoint) socketPath() string { return filepath.Join(e.dir, e.sockName) }

@@ -245,12 +245,10 @@ func (c *Config) Validate() error {
 		bad("pools: empty; add at least one pool with a name and selectors")
 	}
 	seen := map[string]int{}
+	mangled := newManglingIndex()
 	for i := range c.Pools {
 		p := &c.Pools[i]
-		at := fmt.Sprintf("pools[%d]", i)
-		if p.Name != "" {
-			at = fmt.Sprintf("pools[%d] (%q)", i, p.Name)
-		}
+		at := poolAt(i, p)
 		switch {
 		case p.Name == "":
 			bad("%s.name: missing; give the pool a name such as \"vf-vfio\" (the resource becomes <prefix>/<name>)", at)
@@ -259,6 +257,9 @@ func (c *Config) Validate() error {
 		}
 		if j, dup := seen[c.Resource(p)]; dup && p.Name != "" {
 			bad("%s.name: resource %q is already defined by pools[%d]; names must be unique", at, c.Resource(p), j)
+		}
+		if _, dup := seen[c.Resource(p)]; !dup && p.Name != "" {
+			mangled.check(c, i, bad)
 		}
 		seen[c.Resource(p)] = i
 		if p.ResourcePrefix != "" {

@@ -315,3 +315,51 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestParseRefusesManglingCollisions: two resources whose device plugin
+// socket or PCIDEVICE_/PCI_RESOURCE_ variable names are equal after
+// mangling would share one socket (kubelet reaches one server for both)
+// or one variable (containers see one list).
+func TestParseRefusesManglingCollisions(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []string
+	}{{
+		name: "dot and underscore",
+		in: `pools:
+  - {name: vf.a, selectors: {vendors: ["8086"]}}
+  - {name: vf_a, selectors: {vendors: ["15b3"]}}`,
+		want: []string{
+			`pools[1] ("vf_a").name: resource "sriov-cdi.io/vf_a" collides with pools[0] ("vf.a") (resource "sriov-cdi.io/vf.a") after mangling`,
+			`socket "sriov-cdi-sriov-cdi_io_vf_a.sock"`,
+			`variables "PCIDEVICE_SRIOV-CDI_IO_VF_A" and "PCI_RESOURCE_SRIOV-CDI_IO_VF_A"`,
+		},
+	}, {
+		name: "prefix and name split differently",
+		in: `pools:
+  - {name: c.x, resourcePrefix: a.b, selectors: {vendors: ["8086"]}}
+  - {name: x, resourcePrefix: a.b.c, selectors: {vendors: ["15b3"]}}`,
+		want: []string{
+			`pools[1] ("x").name: resource "a.b.c/x" collides with pools[0] ("c.x") (resource "a.b/c.x") after mangling`,
+			`socket "sriov-cdi-a_b_c_x.sock"`,
+		},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("c.yaml", []byte(tc.in))
+			if err == nil {
+				t.Fatal("Parse succeeded, want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+	// Names that differ after mangling are fine.
+	if _, err := Parse("c.yaml", []byte("pools: [{name: vf-a, selectors: {vendors: ['8086']}}, {name: vf_a, selectors: {vendors: ['15b3']}}]")); err != nil {
+		t.Errorf("vf-a and vf_a: %v", err)
+	}
+}

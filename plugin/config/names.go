@@ -1,0 +1,89 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+)
+
+// The names a resource is known by outside kubelet's API are derived here,
+// once: the plugin names its socket with SocketName, Allocate and the CDI
+// specs set PCIDeviceEnv and PCIResourceEnv, and Validate refuses pools
+// whose names collide after this mangling.
+
+// SocketName is the file name of a resource's device plugin socket in
+// kubelet's device plugin directory: unique per resource after mangling
+// (Validate checks) and recognisably ours.
+func SocketName(resource string) string {
+	return "sriov-cdi-" + strings.NewReplacer("/", "_", ".", "_").Replace(resource) + ".sock"
+}
+
+// PCIDeviceEnv is the variable the SR-IOV network device plugin sets for a
+// resource: "PCIDEVICE_" + resource, upper-cased, '.' and '/' as '_' and
+// '-' kept, as that plugin and KubeVirt do ("sriov-cdi.io/vf" ->
+// "PCIDEVICE_SRIOV-CDI_IO_VF"; a name with '-' is not a shell variable).
+func PCIDeviceEnv(resource string) string {
+	return "PCIDEVICE_" + envResource(resource)
+}
+
+// PCIResourceEnv is the variable KubeVirt reads for a resource when
+// externalResourceProvider is set: "PCI_RESOURCE_" + resource, mangled as
+// in PCIDeviceEnv.
+func PCIResourceEnv(resource string) string {
+	return "PCI_RESOURCE_" + envResource(resource)
+}
+
+func envResource(resource string) string {
+	return strings.ToUpper(strings.NewReplacer(".", "_", "/", "_").Replace(resource))
+}
+
+// manglingIndex finds pools whose resources differ but whose socket or
+// variable names are equal after mangling: kubelet would reach one server
+// for both resources (the second server removes the first's socket), and a
+// container asking for both would see one variable.
+type manglingIndex struct {
+	sockets, envs map[string]int // name -> pool index
+}
+
+func newManglingIndex() *manglingIndex {
+	return &manglingIndex{sockets: map[string]int{}, envs: map[string]int{}}
+}
+
+// check records pool i and reports a collision with an earlier pool, one
+// problem per pair naming what is shared.
+func (m *manglingIndex) check(c *Config, i int, bad func(string, ...any)) {
+	p := &c.Pools[i]
+	res := c.Resource(p)
+	shared := map[int][]string{}
+	var order []int
+	note := func(j int, what string) {
+		if _, ok := shared[j]; !ok {
+			order = append(order, j)
+		}
+		shared[j] = append(shared[j], what)
+	}
+	sock := SocketName(res)
+	if j, ok := m.sockets[sock]; ok {
+		note(j, fmt.Sprintf("the device plugin socket %q (kubelet would reach one server for both)", sock))
+	} else {
+		m.sockets[sock] = i
+	}
+	env := PCIDeviceEnv(res)
+	if j, ok := m.envs[env]; ok {
+		note(j, fmt.Sprintf("the variables %q and %q (a container asking for both would see one list)", env, PCIResourceEnv(res)))
+	} else {
+		m.envs[env] = i
+	}
+	for _, j := range order {
+		q := &c.Pools[j]
+		bad("%s.name: resource %q collides with pools[%d] (%q) (resource %q) after mangling: both get %s; rename one pool",
+			poolAt(i, p), res, j, q.Name, c.Resource(q), strings.Join(shared[j], " and "))
+	}
+}
+
+// poolAt names pool i in messages: pools[i] and, when set, its name.
+func poolAt(i int, p *Pool) string {
+	if p.Name == "" {
+		return fmt.Sprintf("pools[%d]", i)
+	}
+	return fmt.Sprintf("pools[%d] (%q)", i, p.Name)
+}

@@ -166,6 +166,9 @@ func Parse(source string, data []byte) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config %q: not valid YAML or JSON: %w", source, err)
 	}
+	if errs := shapeErrors(data); len(errs) > 0 {
+		return nil, &ValidationError{Source: source, Errs: errs}
+	}
 	var probe map[string]json.RawMessage
 	if err := json.Unmarshal(js, &probe); err != nil {
 		return nil, fmt.Errorf("config %q: the top level must be an object with \"pools\" (or \"resourceList\"): %w", source, err)

@@ -363,3 +363,60 @@ func TestParseRefusesManglingCollisions(t *testing.T) {
 		t.Errorf("vf-a and vf_a: %v", err)
 	}
 }
+
+// TestParseRefusesDuplicateKeysAndDocuments: a key given twice or a second
+// YAML document would otherwise be dropped silently.
+func TestParseRefusesDuplicateKeysAndDocuments(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []string
+	}{{
+		name: "duplicate key in a pool",
+		in:   "pools:\n  - name: a\n    mode: kernel\n    mode: vfio\n    selectors: {vendors: [\"8086\"]}\n",
+		want: []string{`config "c.yaml" is invalid:`, `  - line 4: key "mode" is given twice`},
+	}, {
+		name: "duplicate top-level key",
+		in:   "resourcePrefix: a.com\npools: []\nresourcePrefix: b.com\n",
+		want: []string{`config "c.yaml" is invalid:`, `  - line 3: key "resourcePrefix" is given twice`},
+	}, {
+		name: "duplicate key in JSON",
+		in:   "{\"pools\": [{\"name\": \"a\", \"mode\": \"kernel\",\n \"mode\": \"vfio\", \"selectors\": {\"vendors\": [\"8086\"]}}]}",
+		want: []string{`config "c.yaml" is invalid:`, `  - line 2: key "mode" is given twice`},
+	}, {
+		name: "duplicate key in a legacy config",
+		in:   "{\"resourceList\": [{\"resourceName\": \"a\", \"resourceName\": \"b\", \"selectors\": {\"vendors\": [\"8086\"]}}]}",
+		want: []string{`config "c.yaml" is invalid:`, `  - line 1: key "resourceName" is given twice`},
+	}, {
+		name: "second document",
+		in:   "pools: [{name: a, selectors: {vendors: ['8086']}}]\n---\npools: [{name: b, selectors: {vendors: ['8086']}}]\n",
+		want: []string{`config "c.yaml" is invalid:`, `  - line 3: a second YAML document`},
+	}, {
+		name: "second document after a leading separator",
+		in:   "---\npools: [{name: a, selectors: {vendors: ['8086']}}]\n---\n# only a comment\nresourcePrefix: b.com\n",
+		want: []string{`config "c.yaml" is invalid:`, `  - line 5: a second YAML document`},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("c.yaml", []byte(tc.in))
+			if err == nil {
+				t.Fatal("Parse succeeded, want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+	// One document, with or without separators, is fine.
+	for _, ok := range []string{
+		"---\npools: [{name: a, selectors: {vendors: ['8086']}}]\n",
+		"pools: [{name: a, selectors: {vendors: ['8086']}}]\n---\n",
+		"---\npools: [{name: a, selectors: {vendors: ['8086']}}]\n...\n",
+	} {
+		if _, err := Parse("c.yaml", []byte(ok)); err != nil {
+			t.Errorf("Parse(%q): %v", ok, err)
+		}
+	}
+}

@@ -39,7 +39,7 @@ type Manager struct {
 	log    *zap.Logger
 	opts   options
 
-	mu    sync.Mutex
+	sem   chan struct{} // one operation at a time; a channel so waits can end with a context
 	state *stateFile
 }
 
@@ -55,7 +55,13 @@ type options struct {
 	readOnly   bool
 	now        func() time.Time
 	observe    func(op string, d time.Duration, err error)
+	ctx        context.Context
 }
+
+// WithContext bounds NewManager's wait for the state lock (held by another
+// sriov-cdi process) and its reconciliation: once ctx ends (Ctrl-C),
+// NewManager returns ctx's error and writes nothing. Default: no bound.
+func WithContext(ctx context.Context) Option { return func(o *options) { o.ctx = ctx } }
 
 // WithObserver is told of every unit bound or unbound (op "bind",
 // "unbind") and every function restored (op "restore"), with its latency
@@ -147,9 +153,13 @@ func NewManager(root sysfs.Root, statePath string, log *zap.Logger, opts ...Opti
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{root: root, binder: sysfs.NewBinder(root, bopts...), log: log, opts: o, state: st}
+	m := &Manager{root: root, binder: sysfs.NewBinder(root, bopts...), log: log, opts: o, state: st, sem: make(chan struct{}, 1)}
 	if !o.readOnly {
-		if err := m.reconcile(context.Background()); err != nil {
+		ctx := o.ctx
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		if err := m.reconcile(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -164,7 +174,7 @@ func (refuseWriter) WriteAttr(path, _ string) error {
 
 // Records returns the functions whose driver sriov-cdi changed, sorted.
 func (m *Manager) Records() []Record {
-	done, err := m.begin(false)
+	done, err := m.begin(context.Background(), false)
 	if err != nil {
 		return nil
 	}
@@ -237,7 +247,7 @@ func (m *Manager) planChange(pc *config.Pool, units []pool.Unit, target string) 
 	if err := checkMode(pc); err != nil {
 		return nil, err
 	}
-	done, err := m.begin(false)
+	done, err := m.begin(context.Background(), false)
 	if err != nil {
 		return nil, err
 	}
@@ -308,7 +318,7 @@ func (m *Manager) change(ctx context.Context, pc *config.Pool, units []pool.Unit
 			origin = OriginStartup
 		}
 	}
-	done, err := m.begin(true)
+	done, err := m.begin(ctx, true)
 	if err != nil {
 		return err
 	}
@@ -591,7 +601,7 @@ func (m *Manager) Release(ctx context.Context, ids []sysfs.Address) error {
 	if m.opts.readOnly {
 		return ErrReadOnly
 	}
-	done, err := m.begin(true)
+	done, err := m.begin(ctx, true)
 	if err != nil {
 		return err
 	}
@@ -613,7 +623,7 @@ func (m *Manager) Restore(ctx context.Context, addrs []sysfs.Address) error {
 	if m.opts.readOnly {
 		return ErrReadOnly
 	}
-	done, err := m.begin(true)
+	done, err := m.begin(ctx, true)
 	if err != nil {
 		return err
 	}
@@ -630,7 +640,7 @@ func (m *Manager) RestoreAll(ctx context.Context) error {
 	if m.opts.readOnly {
 		return ErrReadOnly
 	}
-	done, err := m.begin(true)
+	done, err := m.begin(ctx, true)
 	if err != nil {
 		return err
 	}
@@ -645,7 +655,7 @@ func (m *Manager) RestoreAll(ctx context.Context) error {
 // PlanRestore returns what Restore (or RestoreAll, when addrs is nil)
 // would change.
 func (m *Manager) PlanRestore(addrs []sysfs.Address) ([]Change, error) {
-	done, err := m.begin(false)
+	done, err := m.begin(context.Background(), false)
 	if err != nil {
 		return nil, err
 	}
@@ -711,7 +721,7 @@ func (m *Manager) restoreLocked(ctx context.Context, addrs []sysfs.Address, why 
 
 // reconcile settles the state file left by a previous process.
 func (m *Manager) reconcile(ctx context.Context) error {
-	done, err := m.begin(true)
+	done, err := m.begin(ctx, true)
 	if err != nil {
 		return err
 	}
@@ -784,24 +794,35 @@ func (m *Manager) settleLeftovers(ctx context.Context) {
 // begin serialises an operation: within the process, and for writers also
 // across processes (the plugin and the bind/unbind/restore commands share
 // the state file). It re-reads the state file, which another process may
-// have changed. The returned func ends the operation.
-func (m *Manager) begin(write bool) (func(), error) {
-	m.mu.Lock()
+// have changed. Both waits end with ctx: a cancelled operation gets ctx's
+// error (wrapped) and must write nothing. The returned func ends the
+// operation.
+func (m *Manager) begin(ctx context.Context, write bool) (func(), error) {
+	select {
+	case m.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for another binding operation: %w", ctx.Err())
+	}
+	unlock := func() { <-m.sem }
+	if err := ctx.Err(); err != nil {
+		unlock()
+		return nil, fmt.Errorf("wait for another binding operation: %w", err)
+	}
 	release := func() {}
 	if write && !m.opts.readOnly {
-		r, err := m.state.lock()
+		r, err := m.state.lock(ctx)
 		if err != nil {
-			m.mu.Unlock()
+			unlock()
 			return nil, err
 		}
 		release = r
 	}
 	if err := m.state.reload(); err != nil {
 		release()
-		m.mu.Unlock()
+		unlock()
 		return nil, err
 	}
-	return func() { release(); m.mu.Unlock() }, nil
+	return func() { release(); unlock() }, nil
 }
 
 // stepName names a whole change in logs: "bind" or "unbind".

@@ -1,6 +1,7 @@
 package binding
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -188,10 +189,19 @@ func (s *stateFile) save() error {
 	return nil
 }
 
+// lockPoll is how often a lock wait retries a held lock. flock(2) cannot
+// wait with a deadline, so the wait polls with LOCK_NB; operator commands
+// hold the lock for seconds at most.
+const lockPoll = 20 * time.Millisecond
+
 // lock takes an exclusive flock on the state file's lock file, so that the
 // plugin and an operator's command never change drivers at the same time.
-// It waits until the other process is done.
-func (s *stateFile) lock() (func(), error) {
+// It waits until the other process is done or ctx ends; then it returns
+// ctx's error (wrapped) and the caller must write nothing.
+func (s *stateFile) lock(ctx context.Context) (func(), error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("wait for state lock: %w", err)
+	}
 	p := s.path + ".lock"
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
@@ -200,15 +210,33 @@ func (s *stateFile) lock() (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state lock: %w", err)
 	}
+	var t *time.Ticker
 	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != unix.EWOULDBLOCK {
 			break
+		}
+		if t == nil {
+			t = time.NewTicker(lockPoll)
+			defer t.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("wait for state lock %q (another sriov-cdi process holds it): %w", p, ctx.Err())
+		case <-t.C:
 		}
 	}
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("lock %q: %w", p, err)
+	}
+	if err := ctx.Err(); err != nil { // cancelled while the lock was freed
+		f.Close()
+		return nil, fmt.Errorf("wait for state lock %q: %w", p, err)
 	}
 	return func() { f.Close() }, nil // closing releases the lock
 }

@@ -119,7 +119,7 @@ func (w *Watcher) Poll(ctx context.Context) error {
 	for _, ids := range AssignedDevices(resp) {
 		maps.Copy(assigned, ids)
 	}
-	release, err := w.m.observe(assigned, w.grace)
+	release, err := w.m.observe(ctx, assigned, w.grace)
 	if err != nil {
 		return err
 	}
@@ -135,8 +135,8 @@ func (w *Watcher) Poll(ctx context.Context) error {
 // release: restoreOnRelease records in phase done that are not assigned
 // and either were seen assigned before or came from Allocate longer than
 // grace ago.
-func (m *Manager) observe(assigned map[sysfs.Address]bool, grace time.Duration) ([]sysfs.Address, error) {
-	done, err := m.begin(true)
+func (m *Manager) observe(ctx context.Context, assigned map[sysfs.Address]bool, grace time.Duration) ([]sysfs.Address, error) {
+	done, err := m.begin(ctx, true)
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,9 @@ import (
 	"regexp"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/api/validate/content"
 	"sigs.k8s.io/yaml"
+	"tags.cncf.io/container-device-interface/pkg/parser"
 
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
@@ -228,10 +230,9 @@ func (c *Config) applyDefaults() {
 }
 
 var (
-	poolNameRE = regexp.MustCompile(`^[a-z]([a-z0-9_.-]*[a-z0-9])?$`)
-	prefixRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$`)
-	hex4RE     = regexp.MustCompile(`^[0-9a-fA-F]{4}$`)
-	driverRE   = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+	prefixRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$`)
+	hex4RE   = regexp.MustCompile(`^[0-9a-fA-F]{4}$`)
+	driverRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 )
 
 // Validate checks the defaulted config and reports every problem at once.
@@ -251,15 +252,19 @@ func (c *Config) Validate() error {
 	mangled := newManglingIndex()
 	for i := range c.Pools {
 		p := &c.Pools[i]
-		at := poolAt(i, p)
+		at, name := c.poolAt(i), c.nameField()
 		switch {
 		case p.Name == "":
-			bad("%s.name: missing; give the pool a name such as \"vf-vfio\" (the resource becomes <prefix>/<name>)", at)
-		case len(p.Name) > 63 || !poolNameRE.MatchString(p.Name):
-			bad("%s.name: %q must be 1-63 lower-case letters, digits, '-', '_' or '.', starting with a letter (it is also the CDI class) and ending with a letter or digit", at, p.Name)
+			bad("%s.%s: missing; give the pool a name such as \"vf-vfio\" (the resource becomes <prefix>/<name>)", at, name)
+		case strings.Contains(p.Name, "/") || len(content.IsLabelKey(p.Name)) > 0:
+			bad("%s.%s: %q must be 1-63 letters, digits, '-', '_' or '.', starting with a letter and ending with a letter or digit (kubelet's rule for the resource name; the name is also the CDI class)", at, name, p.Name)
+		case parser.ValidateClassName(p.Name) != nil:
+			// Valid for kubelet (and the SR-IOV network device plugin), not
+			// for CDI: only a leading digit gets here.
+			bad("%s.%s: %q starts with a digit: kubelet accepts that resource name, but the resource is also the CDI kind (Kata finds a pod's CDI devices by its resource name) and a CDI class must start with a letter; rename the resource%s and the pods' requests, or keep it on the SR-IOV network device plugin", at, name, p.Name, renameHint(p.Name))
 		}
 		if j, dup := seen[c.Resource(p)]; dup && p.Name != "" {
-			bad("%s.name: resource %q is already defined by pools[%d]; names must be unique", at, c.Resource(p), j)
+			bad("%s.%s: resource %q is already defined by %s; names must be unique", at, name, c.Resource(p), c.poolAt(j))
 		}
 		if _, dup := seen[c.Resource(p)]; !dup && p.Name != "" {
 			mangled.check(c, i, bad)

@@ -65,7 +65,7 @@ func TestParseErrors(t *testing.T) {
 			name: "every pool problem at once",
 			in: `resourcePrefix: nodot
 pools:
-  - name: Bad_Name
+  - name: bad!name
     mode: passthrough
     allocationPolicy: random
     selectors: {vendors: ["80861"], devices: ["zz"], pciAddresses: ["3b:00.0"], pfNames: ["ens1#7-2"], rootDevices: ["0000:3b:00.0#x"], numaNodes: [-2]}
@@ -84,10 +84,10 @@ pools:
 			want: []string{
 				`config "c.yaml" is invalid:`,
 				`resourcePrefix: "nodot" is not a DNS subdomain`,
-				`pools[0] ("Bad_Name").name: "Bad_Name" must be`,
-				`pools[0] ("Bad_Name").mode: "passthrough" is not a mode; use "vfio"`,
-				`pools[0] ("Bad_Name").allocationPolicy: "random"`,
-				`pools[0] ("Bad_Name").selectors[0].vendors: "80861" is not a 4-digit hex vendor ID`,
+				`pools[0] ("bad!name").name: "bad!name" must be`,
+				`pools[0] ("bad!name").mode: "passthrough" is not a mode; use "vfio"`,
+				`pools[0] ("bad!name").allocationPolicy: "random"`,
+				`pools[0] ("bad!name").selectors[0].vendors: "80861" is not a 4-digit hex vendor ID`,
 				`selectors[0].devices: "zz"`,
 				`selectors[0].pciAddresses: invalid PCI address "3b:00.0"`,
 				`selectors[0].pfNames: VF range "7-2": 2 is below 7`,
@@ -418,5 +418,72 @@ func TestParseRefusesDuplicateKeysAndDocuments(t *testing.T) {
 		if _, err := Parse("c.yaml", []byte(ok)); err != nil {
 			t.Errorf("Parse(%q): %v", ok, err)
 		}
+	}
+}
+
+// TestParseNamesAsKubeletAndCDIAccept: pool and legacy resource names are
+// read as kubelet (a qualified name) and CDI (a class starts with a letter)
+// accept them, so an SR-IOV network device plugin file is read as is;
+// only a name that cannot be both a resource and a CDI kind is refused.
+func TestParseNamesAsKubeletAndCDIAccept(t *testing.T) {
+	legacy := func(names ...string) string {
+		var rs []string
+		for _, n := range names {
+			rs = append(rs, `{"resourceName": "`+n+`", "selectors": {"vendors": ["8086"]}}`)
+		}
+		return `{"resourceList": [` + strings.Join(rs, ", ") + `]}`
+	}
+	tests := []struct {
+		name    string
+		in      string
+		want    []string // resources, when valid
+		wantErr []string
+	}{
+		{name: "legacy upper case", in: legacy("sriov_DPDK", "Intel_SRIOV"), want: []string{"intel.com/sriov_DPDK", "intel.com/Intel_SRIOV"}},
+		{name: "own format upper case", in: "pools: [{name: vf-VFIO.A, selectors: {vendors: ['8086']}}]", want: []string{"sriov-cdi.io/vf-VFIO.A"}},
+		{name: "legacy leading digit", in: legacy("10g_vfs"), wantErr: []string{
+			`resourceList[0] ("10g_vfs").resourceName: "10g_vfs" starts with a digit`,
+			`a CDI class must start with a letter`,
+			`rename the resource (e.g. "vfs_10g")`,
+		}},
+		{name: "own format leading digit", in: "pools: [{name: 1vf, selectors: {vendors: ['8086']}}]", wantErr: []string{
+			`pools[0] ("1vf").name: "1vf" starts with a digit`,
+		}},
+		{name: "legacy trailing underscore", in: legacy("vfs_"), wantErr: []string{
+			`resourceList[0] ("vfs_").resourceName: "vfs_" must be 1-63 letters, digits`,
+		}},
+		{name: "legacy names differing in case only", in: legacy("sriov_dpdk", "sriov_DPDK"), wantErr: []string{
+			`resourceList[1] ("sriov_DPDK").resourceName: resource "intel.com/sriov_DPDK" collides with resourceList[0] ("sriov_dpdk") (resource "intel.com/sriov_dpdk") after mangling`,
+			`"PCIDEVICE_INTEL_COM_SRIOV_DPDK"`,
+		}},
+		{name: "own format names differing in case only", in: "pools: [{name: vf-a, selectors: {vendors: ['8086']}}, {name: VF-A, selectors: {vendors: ['8086']}}]", wantErr: []string{
+			`pools[1] ("VF-A").name: resource "sriov-cdi.io/VF-A" collides with pools[0] ("vf-a")`,
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse("c.json", []byte(tc.in))
+			if len(tc.wantErr) > 0 {
+				if err == nil {
+					t.Fatal("Parse succeeded, want an error")
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error lacks %q:\n%v", w, err)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for i := range c.Pools {
+				got = append(got, c.Resource(&c.Pools[i]))
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("resources (-want +got)\n%s", diff)
+			}
+		})
 	}
 }

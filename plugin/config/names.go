@@ -3,6 +3,8 @@ package config
 import (
 	"fmt"
 	"strings"
+
+	"tags.cncf.io/container-device-interface/pkg/parser"
 )
 
 // The names a resource is known by outside kubelet's API are derived here,
@@ -75,15 +77,43 @@ func (m *manglingIndex) check(c *Config, i int, bad func(string, ...any)) {
 	}
 	for _, j := range order {
 		q := &c.Pools[j]
-		bad("%s.name: resource %q collides with pools[%d] (%q) (resource %q) after mangling: both get %s; rename one pool",
-			poolAt(i, p), res, j, q.Name, c.Resource(q), strings.Join(shared[j], " and "))
+		bad("%s.%s: resource %q collides with %s (resource %q) after mangling: both get %s; rename one pool",
+			c.poolAt(i), c.nameField(), res, c.poolAt(j), c.Resource(q), strings.Join(shared[j], " and "))
 	}
 }
 
-// poolAt names pool i in messages: pools[i] and, when set, its name.
-func poolAt(i int, p *Pool) string {
-	if p.Name == "" {
-		return fmt.Sprintf("pools[%d]", i)
+// poolAt names pool i in messages as the file does: pools[i], or
+// resourceList[i] in an SR-IOV network device plugin config, and the name
+// when set.
+func (c *Config) poolAt(i int) string {
+	list := "pools"
+	if c.Legacy {
+		list = "resourceList"
 	}
-	return fmt.Sprintf("pools[%d] (%q)", i, p.Name)
+	if c.Pools[i].Name == "" {
+		return fmt.Sprintf("%s[%d]", list, i)
+	}
+	return fmt.Sprintf("%s[%d] (%q)", list, i, c.Pools[i].Name)
+}
+
+// nameField is the field that holds a pool's name in the file.
+func (c *Config) nameField() string {
+	if c.Legacy {
+		return "resourceName"
+	}
+	return "name"
+}
+
+// renameHint suggests a name starting with a letter for one starting with a
+// digit ("10g_vfs" -> "vfs_10g"), or nothing.
+func renameHint(name string) string {
+	i := strings.IndexAny(name, "_-.")
+	if i <= 0 || i == len(name)-1 {
+		return ""
+	}
+	s := name[i+1:] + name[i:i+1] + name[:i]
+	if parser.ValidateClassName(s) != nil {
+		return ""
+	}
+	return fmt.Sprintf(" (e.g. %q)", s)
 }

@@ -109,8 +109,8 @@ func bindingArgs(cmd *ucli.Command) ([]sysfs.Address, error) {
 	return addrs, errors.Join(errs...)
 }
 
-func bindingManager(cmd *ucli.Command, root sysfs.Root, extra []binding.Option) (*binding.Manager, error) {
-	opts := append([]binding.Option{binding.WithTimeout(cmd.Duration(bindFlagTimeout))}, extra...)
+func bindingManager(ctx context.Context, cmd *ucli.Command, root sysfs.Root, extra []binding.Option) (*binding.Manager, error) {
+	opts := append([]binding.Option{binding.WithTimeout(cmd.Duration(bindFlagTimeout)), binding.WithContext(ctx)}, extra...)
 	if cmd.Bool(bindFlagDryRun) {
 		opts = append(opts, binding.ReadOnly())
 	}
@@ -236,7 +236,7 @@ func runBindChange(ctx context.Context, cmd *ucli.Command, bind bool, extra []bi
 	if err != nil {
 		return err
 	}
-	m, err := bindingManager(cmd, in.root, extra)
+	m, err := bindingManager(ctx, cmd, in.root, extra)
 	if err != nil {
 		return err
 	}
@@ -273,7 +273,7 @@ func runRestore(ctx context.Context, cmd *ucli.Command, extra []binding.Option) 
 		return err
 	}
 	root := sysfs.Root{Sys: cmd.String(flagSysfsRoot), Dev: cmd.String(flagDevRoot)}
-	m, err := bindingManager(cmd, root, extra)
+	m, err := bindingManager(ctx, cmd, root, extra)
 	if err != nil {
 		return err
 	}

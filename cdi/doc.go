@@ -13,7 +13,9 @@
 //     writes through the CDI library (validation, atomic rename), makes the
 //     files world-readable, writes nothing when nothing changed, and removes
 //     spec files of ours (recognised by the SpecFilePrefix name prefix) whose
-//     pool no longer exists.
+//     pool no longer exists. It never follows a symbolic link inside the
+//     directory: a link with our name is replaced or removed, its target
+//     left alone.
 //   - "Never inject twice" (InjectOnce, ParseAnnotations, Present): the rules
 //     runtimes and our NRI plugin (package cdi/nri) use so a device that was
 //     cold-plugged into a sandbox or already injected from the CRI device

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 
 	"go.uber.org/zap"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
@@ -97,6 +99,11 @@ func (w *Writer) Dir() string { return w.dir }
 // Every spec is validated before anything in the directory changes: if one
 // is invalid, no file is written or removed. Specs are matched to files by
 // kind, so two specs of one kind are an error.
+//
+// Symbolic links are never followed in the directory (the directory itself
+// may be reached through links): a link named like one of our specs is not
+// ours, its target is never read, written or chmodded; the link is replaced
+// by our spec if we want that name and removed, with a warning, if not.
 func (w *Writer) Sync(specs []*cdispec.Spec) (changed bool, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -120,50 +127,67 @@ func (w *Writer) Sync(specs []*cdispec.Spec) (changed bool, err error) {
 		want[name] = s
 		names = append(names, name)
 	}
-	ours, err := w.ownFiles()
+	ours, links, err := w.ownFiles()
 	if err != nil {
 		return false, err
 	}
 
-	// Phase 1: stage what changed (the library validates on write and
-	// creates the staging directory; it goes when empty).
-	defer os.Remove(filepath.Join(w.dir, stagingDir))
+	// Phase 1: stage what changed (the library validates on write). The
+	// staging directory is made fresh, by us, only when something changes,
+	// and goes when Sync ends.
+	var write []string
+	for _, name := range names {
+		same, err := w.unchanged(name, want[name])
+		if err != nil {
+			return false, err
+		}
+		if !same {
+			write = append(write, name)
+		}
+	}
+	stage := filepath.Join(w.dir, stagingDir)
+	if len(write) > 0 {
+		if err := makeStaging(stage); err != nil {
+			return false, err
+		}
+		defer os.Remove(stage)
+	}
 	var staged []string
 	unstage := func() {
 		for _, n := range staged {
-			os.Remove(filepath.Join(w.dir, stagingDir, n))
+			os.Remove(filepath.Join(stage, n))
 		}
 	}
-	for _, name := range names {
+	for _, name := range write {
 		s := want[name]
-		same, err := w.unchanged(name, s)
-		if err != nil {
-			unstage()
-			return false, err
-		}
-		if same {
-			continue
-		}
 		if err := w.stage.WriteSpec(s, name); err != nil {
 			unstage()
 			return false, fmt.Errorf("write CDI spec %q (kind %q): %w", name, s.Kind, err)
 		}
 		staged = append(staged, name)
-		if err := os.Chmod(filepath.Join(w.dir, stagingDir, name), specMode); err != nil {
+		if err := chmodStaged(filepath.Join(stage, name)); err != nil {
 			unstage()
-			return false, fmt.Errorf("make CDI spec %q readable: %w", name, err)
+			return false, err
 		}
 	}
 
-	// Phase 2: rename into place, then remove stale files of ours.
+	// Phase 2: rename into place, then remove stale files of ours. A
+	// rename replaces whatever has the name (a link itself, never its
+	// target).
 	for i, name := range staged {
-		if err := os.Rename(filepath.Join(w.dir, stagingDir, name), filepath.Join(w.dir, name)); err != nil {
+		path := filepath.Join(w.dir, name)
+		if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
+			target, _ := os.Readlink(path)
+			w.log.Warn("replacing an entry named like our CDI spec that is not a regular file",
+				zap.String("path", path), zap.Stringer("type", fi.Mode().Type()), zap.String("target", target))
+		}
+		if err := os.Rename(filepath.Join(stage, name), path); err != nil {
 			staged = staged[i:]
 			unstage()
 			return changed, fmt.Errorf("install CDI spec %q: %w", name, err)
 		}
 		changed = true
-		w.log.Info("wrote CDI spec", zap.String("file", filepath.Join(w.dir, name)), zap.String("kind", want[name].Kind),
+		w.log.Info("wrote CDI spec", zap.String("path", path), zap.String("kind", want[name].Kind),
 			zap.Int("devices", len(want[name].Devices)), zap.String("cdiVersion", want[name].Version))
 	}
 	for _, name := range ours {
@@ -174,55 +198,134 @@ func (w *Writer) Sync(specs []*cdispec.Spec) (changed bool, err error) {
 			return changed, fmt.Errorf("remove stale CDI spec %q: %w", filepath.Join(w.dir, name), err)
 		}
 		changed = true
-		w.log.Info("removed stale CDI spec", zap.String("file", filepath.Join(w.dir, name)))
+		w.log.Info("removed stale CDI spec", zap.String("path", filepath.Join(w.dir, name)))
+	}
+	// A symbolic link with our name is not ours (the Writer creates none),
+	// but runtimes follow it and would read a spec under our name that we
+	// do not control. The link itself goes (unlink never touches the
+	// target); refusing to sync instead would let a stray link stop every
+	// spec update. A wanted name's link was replaced by the rename above.
+	for _, name := range links {
+		if _, keep := want[name]; keep {
+			continue
+		}
+		path := filepath.Join(w.dir, name)
+		target, _ := os.Readlink(path)
+		if err := syscall.Unlink(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return changed, fmt.Errorf("remove symbolic link %q named like a CDI spec of ours: %w", path, err)
+		}
+		changed = true
+		w.log.Warn("removed a symbolic link named like a CDI spec of ours; its target is left alone",
+			zap.String("path", path), zap.String("target", target))
 	}
 	return changed, nil
 }
 
-// ownFiles lists the spec files of ours in the directory.
-func (w *Writer) ownFiles() ([]string, error) {
+// makeStaging creates the staging directory afresh. Whatever has its name
+// is a leftover of ours or planted: it is removed first (a link itself, not
+// its target), so the library's writes cannot be redirected through it.
+func makeStaging(stage string) error {
+	if err := os.RemoveAll(stage); err != nil {
+		return fmt.Errorf("clear CDI staging directory %q: %w", stage, err)
+	}
+	if err := os.Mkdir(stage, 0o700); err != nil {
+		return fmt.Errorf("create CDI staging directory %q: %w", stage, err)
+	}
+	return nil
+}
+
+// openNoFollow opens path for reading without following a symbolic link in
+// its last element (that fails with ELOOP) and without blocking on a FIFO.
+// Links in the directory part are followed: the spec directory may be
+// reached through links (/var/run -> /run).
+func openNoFollow(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+}
+
+// chmodStaged makes a staged spec world-readable through the open file
+// (fchmod), never through a path that could have become a link.
+func chmodStaged(path string) error {
+	f, err := openNoFollow(path)
+	if err != nil {
+		return fmt.Errorf("make CDI spec %q readable: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("make CDI spec %q readable: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("make CDI spec %q readable: not a regular file (%v)", path, fi.Mode().Type())
+	}
+	if err := f.Chmod(specMode); err != nil {
+		return fmt.Errorf("make CDI spec %q readable: %w", path, err)
+	}
+	return nil
+}
+
+// ownFiles lists the entries of the directory named like our spec files:
+// regular files (ours) and symbolic links (never ours: the Writer creates
+// none). Other kinds of entries are left alone.
+func (w *Writer) ownFiles() (files, links []string, err error) {
 	entries, err := os.ReadDir(w.dir)
 	if err != nil {
-		return nil, fmt.Errorf("list CDI spec directory %q: %w", w.dir, err)
+		return nil, nil, fmt.Errorf("list CDI spec directory %q: %w", w.dir, err)
 	}
-	var out []string
 	for _, e := range entries {
 		n := e.Name()
-		if e.Type().IsRegular() && strings.HasPrefix(n, SpecFilePrefix) && (strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".json")) {
-			out = append(out, n)
+		if !strings.HasPrefix(n, SpecFilePrefix) || !(strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".json")) {
+			continue
+		}
+		switch {
+		case e.Type().IsRegular():
+			files = append(files, n)
+		case e.Type()&fs.ModeSymlink != 0:
+			links = append(links, n)
 		}
 	}
-	return out, nil
+	return files, links, nil
 }
 
 // unchanged reports whether file name already holds spec s byte for byte
 // as the CDI library would write it (JSON, which is cheap to produce and to
 // compare). An identical file with the wrong mode gets its mode fixed.
+// Only a regular file can be unchanged: a symbolic link is not followed
+// (neither its target read nor chmodded) and, like a FIFO or device, is
+// replaced by the spec.
 func (w *Writer) unchanged(name string, s *cdispec.Spec) (bool, error) {
 	path := filepath.Join(w.dir, name)
-	have, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	f, err := openNoFollow(path)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ELOOP) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("read CDI spec %q: %w", path, err)
 	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false, fmt.Errorf("stat CDI spec %q: %w", path, err)
+	}
 	want, err := json.Marshal(s)
 	if err != nil {
 		return false, fmt.Errorf("encode CDI spec of kind %q: %w", s.Kind, err)
 	}
-	if !bytes.Equal(have, want) {
+	if !fi.Mode().IsRegular() || fi.Size() != int64(len(want)) {
 		return false, nil
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return false, fmt.Errorf("stat CDI spec %q: %w", path, err)
+	have := make([]byte, len(want)+1)
+	n, err := io.ReadFull(f, have)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return false, fmt.Errorf("read CDI spec %q: %w", path, err)
+	}
+	if !bytes.Equal(have[:n], want) {
+		return false, nil
 	}
 	if fi.Mode().Perm() != specMode {
-		if err := os.Chmod(path, specMode); err != nil {
+		if err := f.Chmod(specMode); err != nil {
 			return false, fmt.Errorf("make CDI spec %q readable: %w", path, err)
 		}
-		w.log.Info("made CDI spec readable", zap.String("file", path), zap.Stringer("was", fi.Mode().Perm()))
+		w.log.Info("made CDI spec readable", zap.String("path", path), zap.Stringer("was", fi.Mode().Perm()))
 	}
 	return true, nil
 }
@@ -231,7 +334,7 @@ func (w *Writer) unchanged(name string, s *cdispec.Spec) (bool, error) {
 func (w *Writer) Files() ([]string, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out, err := w.ownFiles()
+	out, _, err := w.ownFiles()
 	slices.Sort(out)
 	return out, err
 }

@@ -1,6 +1,7 @@
 package cdi
 
 import (
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"maps"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 )
@@ -214,3 +217,267 @@ func TestNewWriterCleansStaging(t *testing.T) {
 }
 
 func keys(m map[string]string) []string { return slices.Collect(maps.Keys(m)) }
+
+// entry is one directory entry as Lstat sees it: a symbolic link is never
+// followed.
+type entry struct {
+	Type    fs.FileMode // fs.ModeSymlink, fs.ModeNamedPipe, 0 for a regular file
+	Mode    fs.FileMode
+	Target  string // of a link
+	Content string // of a regular file
+}
+
+func lstatEntry(t *testing.T, path string) *entry {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &entry{Type: fi.Mode().Type(), Mode: fi.Mode().Perm()}
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		if e.Target, err = os.Readlink(path); err != nil {
+			t.Fatal(err)
+		}
+		e.Mode = 0
+	case fi.Mode().IsRegular():
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Content = string(b)
+	}
+	return e
+}
+
+// TestWriterSymlinks: entries in the spec directory named like our specs
+// that are symbolic links (or FIFOs) are not ours. Sync never follows them:
+// it neither reads, chmods nor writes a target; a link where one of our
+// specs belongs is replaced by the spec (the rename replaces the link, not
+// its target), a stale one is removed (the link, not its target) with a
+// warning. A link planted as the staging directory does not redirect writes.
+func TestWriterSymlinks(t *testing.T) {
+	a := kernelSpec("sriov-cdi.io/a", "0000:3b:02.0")
+	aJSON, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const (
+		nameA    = "sriov-cdi_sriov-cdi.io_a.json"
+		nameGone = "sriov-cdi_sriov-cdi.io_gone.json"
+	)
+	type outsideFile struct {
+		Name    string
+		Mode    fs.FileMode
+		Content string
+	}
+	tests := []struct {
+		name string
+		// outside files are created in a directory next to the spec
+		// directory; links are name -> target relative to that directory
+		// ("" = the directory itself).
+		outside []outsideFile
+		links   map[string]string
+		fifo    string
+		specs   []*cdispec.Spec
+		// want is the spec directory's entries after Sync (links as
+		// targets); the outside files must be unchanged.
+		want     map[string]*entry
+		wantWarn []string
+	}{
+		{
+			name:    "link named like a wanted spec to an identical file outside: the target is not chmodded, the link is replaced",
+			outside: []outsideFile{{"precious", 0o600, string(aJSON)}},
+			links:   map[string]string{nameA: "precious"},
+			specs:   []*cdispec.Spec{a},
+			want:    map[string]*entry{nameA: {Mode: 0o644, Content: string(aJSON)}},
+			wantWarn: []string{
+				"replacing an entry named like our CDI spec that is not a regular file",
+			},
+		},
+		{
+			name:    "link named like a wanted spec to another file outside: the target is not written",
+			outside: []outsideFile{{"precious", 0o600, "secret"}},
+			links:   map[string]string{nameA: "precious"},
+			specs:   []*cdispec.Spec{a},
+			want:    map[string]*entry{nameA: {Mode: 0o644, Content: string(aJSON)}},
+			wantWarn: []string{
+				"replacing an entry named like our CDI spec that is not a regular file",
+			},
+		},
+		{
+			name:    "stale link named like ours: the link is removed, its target stays",
+			outside: []outsideFile{{"precious", 0o600, string(aJSON)}},
+			links:   map[string]string{nameGone: "precious"},
+			specs:   []*cdispec.Spec{a},
+			want:    map[string]*entry{nameA: {Mode: 0o644, Content: string(aJSON)}},
+			wantWarn: []string{
+				"removed a symbolic link named like a CDI spec of ours; its target is left alone",
+			},
+		},
+		{
+			name:     "dangling stale link: removed",
+			links:    map[string]string{nameGone: "nowhere"},
+			specs:    nil,
+			want:     map[string]*entry{},
+			wantWarn: []string{"removed a symbolic link named like a CDI spec of ours; its target is left alone"},
+		},
+		{
+			name:     "FIFO named like a wanted spec: Sync does not block on it and replaces it",
+			fifo:     nameA,
+			specs:    []*cdispec.Spec{a},
+			want:     map[string]*entry{nameA: {Mode: 0o644, Content: string(aJSON)}},
+			wantWarn: []string{"replacing an entry named like our CDI spec that is not a regular file"},
+		},
+		{
+			name:    "staging directory planted as a link: nothing is written through it",
+			outside: []outsideFile{{nameA, 0o600, "precious"}},
+			links:   map[string]string{stagingDir: ""},
+			specs:   []*cdispec.Spec{a},
+			want:    map[string]*entry{nameA: {Mode: 0o644, Content: string(aJSON)}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			top := t.TempDir()
+			dir, out := filepath.Join(top, "cdi"), filepath.Join(top, "outside")
+			if err := os.Mkdir(out, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range tt.outside {
+				if err := os.WriteFile(filepath.Join(out, f.Name), []byte(f.Content), f.Mode); err != nil {
+					t.Fatal(err)
+				}
+			}
+			core, logs := observer.New(zap.WarnLevel)
+			w, err := NewWriter(dir, zap.New(core))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, target := range tt.links {
+				if err := os.Symlink(filepath.Join(out, target), filepath.Join(dir, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.fifo != "" {
+				if err := syscall.Mkfifo(filepath.Join(dir, tt.fifo), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			done := make(chan error, 1)
+			go func() { _, err := w.Sync(tt.specs); done <- err }()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("Sync() = %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Sync() blocked")
+			}
+
+			got := map[string]*entry{}
+			des, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, de := range des {
+				got[de.Name()] = lstatEntry(t, filepath.Join(dir, de.Name()))
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("spec directory after Sync (-want +got):\n%s", diff)
+			}
+			for _, f := range tt.outside {
+				want := &entry{Mode: f.Mode, Content: f.Content}
+				if diff := cmp.Diff(want, lstatEntry(t, filepath.Join(out, f.Name))); diff != "" {
+					t.Errorf("outside file %s changed (-want +got):\n%s", f.Name, diff)
+				}
+			}
+			if des, _ := os.ReadDir(out); len(des) != len(tt.outside) {
+				t.Errorf("outside directory holds %d entries, want %d", len(des), len(tt.outside))
+			}
+			var warns []string
+			for _, e := range logs.All() {
+				warns = append(warns, e.Message)
+				if _, ok := e.ContextMap()["path"]; !ok {
+					t.Errorf("warning %q has no path", e.Message)
+				}
+			}
+			if diff := cmp.Diff(tt.wantWarn, warns); diff != "" {
+				t.Errorf("warnings (-want +got):\n%s", diff)
+			}
+			if files, err := w.Files(); err != nil || len(files) != len(tt.specs) {
+				t.Errorf("Files() = %q, %v; want one file per spec", files, err)
+			}
+		})
+	}
+}
+
+// TestWriterSpecDirBehindSymlink: the spec directory itself may be reached
+// through symbolic links (/var/run is usually a link to /run, and
+// /var/run/cdi may be one): that is the operator's choice and works.
+func TestWriterSpecDirBehindSymlink(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// layout returns the directory to give NewWriter and the real
+		// directory it must resolve to.
+		layout func(t *testing.T, top string) (dir, real string)
+	}{
+		{"a parent is a link (/var/run -> /run)", func(t *testing.T, top string) (string, string) {
+			if err := os.Mkdir(filepath.Join(top, "run"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(filepath.Join(top, "run"), filepath.Join(top, "varrun")); err != nil {
+				t.Fatal(err)
+			}
+			return filepath.Join(top, "varrun", "cdi"), filepath.Join(top, "run", "cdi")
+		}},
+		{"the spec directory is a link", func(t *testing.T, top string) (string, string) {
+			if err := os.Mkdir(filepath.Join(top, "real"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(filepath.Join(top, "real"), filepath.Join(top, "cdi")); err != nil {
+				t.Fatal(err)
+			}
+			return filepath.Join(top, "cdi"), filepath.Join(top, "real")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, real := tc.layout(t, t.TempDir())
+			w, err := NewWriter(dir, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b := kernelSpec("sriov-cdi.io/a", "0000:3b:02.0"), kernelSpec("sriov-cdi.io/b", "0000:3b:02.1")
+			if changed, err := w.Sync([]*cdispec.Spec{a, b}); err != nil || !changed {
+				t.Fatalf("Sync() = %v, %v; want true, nil", changed, err)
+			}
+			if err := os.Chmod(filepath.Join(real, "sriov-cdi_sriov-cdi.io_a.json"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if changed, err := w.Sync([]*cdispec.Spec{a, b}); err != nil || changed {
+				t.Fatalf("Sync(same) = %v, %v; want false, nil", changed, err)
+			}
+			if e := lstatEntry(t, filepath.Join(real, "sriov-cdi_sriov-cdi.io_a.json")); e == nil || e.Mode != 0o644 {
+				t.Errorf("mode not repaired through the linked directory: %+v", e)
+			}
+			if changed, err := w.Sync([]*cdispec.Spec{b}); err != nil || !changed {
+				t.Fatalf("Sync(b) = %v, %v; want true, nil", changed, err)
+			}
+			files, err := os.ReadDir(real)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, f := range files {
+				got = append(got, f.Name())
+			}
+			if diff := cmp.Diff([]string{"sriov-cdi_sriov-cdi.io_b.json"}, got); diff != "" {
+				t.Errorf("real directory (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

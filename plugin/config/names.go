@@ -117,3 +117,18 @@ func renameHint(name string) string {
 	}
 	return fmt.Sprintf(" (e.g. %q)", s)
 }
+
+// Warnings lists what is valid but likely to surprise: pools whose
+// PCIDEVICE_*/PCI_RESOURCE_* names keep a '-' (as the SR-IOV device plugin
+// and KubeVirt do), which a shell cannot read as $NAME.
+func (c *Config) Warnings() []string {
+	var ws []string
+	for i := range c.Pools {
+		res := c.Resource(&c.Pools[i])
+		if env := PCIDeviceEnv(res); strings.Contains(env, "-") {
+			ws = append(ws, fmt.Sprintf("%s: the variables %s and %s contain '-', so a shell cannot read them as $NAME (use printenv NAME); a name and resourcePrefix without '-' avoid it",
+				c.poolAt(i), env, PCIResourceEnv(res)))
+		}
+	}
+	return ws
+}

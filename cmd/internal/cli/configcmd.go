@@ -30,6 +30,9 @@ func configCommand() *ucli.Command {
 						fmt.Fprintln(cmd.Root().ErrWriter, err)
 						continue
 					}
+					for _, w := range c.Warnings() {
+						fmt.Fprintf(cmd.Root().ErrWriter, "%s: warning: %s\n", f, w)
+					}
 					format := "sriov-cdi"
 					if c.Legacy {
 						format = "SR-IOV network device plugin (mapped)"

@@ -36,11 +36,11 @@ func cdiGenerateCommand() *ucli.Command {
 		Usage: "write the CDI spec of every pool (one file per pool) for the devices present now",
 		Description: "Scans the host, plans the pools of --config and writes one CDI spec per pool with devices into --output,\n" +
 			"as the plugin would (world-readable, only when changed; spec files of ours for pools that are gone are removed).\n" +
-			"--output - prints the specs as YAML instead. Devices are not bound: a vfio device's /dev/vfio/<group> node\n" +
+			"--output - prints the specs as YAML instead (the default with --sample). Devices are not bound: a vfio device's /dev/vfio/<group> node\n" +
 			"appears once it is bound to vfio-pci, and the runtime reads it when it injects the device.",
 		Flags: append(hostFlags(),
 			&ucli.BoolFlag{Name: flagSample, Usage: "use the bundled sysfs snapshot of a real kernel and its config; specs name the snapshot's host paths under /dev"},
-			&ucli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: cdi.DefaultDir, Usage: "spec directory, or - for YAML on stdout", Sources: ucli.EnvVars("SRIOV_CDI_CDI_DIR")},
+			&ucli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: cdi.DefaultDir, Usage: "spec directory, or - for YAML on stdout (the default with --sample: sample specs describe another host)", Sources: ucli.EnvVars("SRIOV_CDI_CDI_DIR")},
 			&ucli.BoolFlag{Name: "no-iommufd", Usage: "leave /dev/vfio/devices/vfioN and /dev/iommu out of vfio devices (group interface only)", Sources: ucli.EnvVars("SRIOV_CDI_NO_IOMMUFD")},
 		),
 		Action: func(_ context.Context, cmd *ucli.Command) error {
@@ -75,7 +75,13 @@ func cdiGenerateCommand() *ucli.Command {
 					fmt.Fprintf(cmd.Root().ErrWriter, "pool %q has no devices on this host: no spec (see `sriov-cdi discover`)\n", p.Name)
 				}
 			}
-			if out := cmd.String("output"); out != "-" {
+			out := cmd.String("output")
+			if cmd.Bool(flagSample) && !cmd.IsSet("output") {
+				// The snapshot's specs name another host's devices: they
+				// belong on stdout unless a directory is named.
+				out = "-"
+			}
+			if out != "-" {
 				return cdiWriteSpecs(cmd.Root().Writer, out, specs)
 			}
 			return cdiPrintSpecs(cmd.Root().Writer, specs)

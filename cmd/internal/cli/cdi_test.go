@@ -130,3 +130,13 @@ func TestCDIGenerateIOMMUFD(t *testing.T) {
 		t.Errorf("--no-iommufd output:\n%s", without)
 	}
 }
+
+// TestCDIGenerateSampleDefaultsToStdout: sample specs describe another
+// host; without -o they go to stdout, never into the real /var/run/cdi.
+func TestCDIGenerateSampleDefaultsToStdout(t *testing.T) {
+	out, errOut, err := run(t, "cdi", "generate", "--sample")
+	if err != nil {
+		t.Fatalf("cdi generate --sample: %v\n%s", err, errOut)
+	}
+	golden(t, "cdi-generate-sample.yaml", out)
+}

@@ -108,12 +108,104 @@ func loadState(path string) (*stateFile, error) {
 	if s.data.Version != stateVersion {
 		return nil, fmt.Errorf("state file %q has version %d, this sriov-cdi reads version %d", path, s.data.Version, stateVersion)
 	}
-	for _, r := range s.data.Devices {
-		if r == nil || r.Address == "" {
-			return nil, fmt.Errorf("state file %q is corrupt: a device record has no address", path)
-		}
+	if err := s.data.validate(); err != nil {
+		return nil, fmt.Errorf("state file %q is refused, nothing was written (inspect/repair or remove it, then run `sriov-cdi restore --all`): %w", path, err)
 	}
 	return s, nil
+}
+
+// validate checks every field that reaches a sysfs path or value: the file
+// is data another process wrote, and an address like ../../x would make a
+// restore write outside bus/pci/devices. Every problem is named by record
+// and field.
+func (d *stateData) validate() error {
+	var errs []error
+	if op := d.Op; op != nil {
+		if !slices.Contains([]string{"bind", "unbind", "restore", "release", "reconcile", "rollback", "retry-restore"}, op.Kind) {
+			errs = append(errs, fmt.Errorf("op.kind: unknown operation %q", op.Kind))
+		}
+		for i, a := range op.Devices {
+			if err := checkAddress(a); err != nil {
+				errs = append(errs, fmt.Errorf("op.devices[%d]: %w", i, err))
+			}
+		}
+	}
+	seen := map[sysfs.Address]int{}
+	for i, r := range d.Devices {
+		if r == nil {
+			errs = append(errs, fmt.Errorf("devices[%d]: null record", i))
+			continue
+		}
+		if err := checkAddress(r.Address); err != nil {
+			errs = append(errs, fmt.Errorf("devices[%d]: address: %w", i, err))
+			continue
+		}
+		bad := func(field string, err error) {
+			errs = append(errs, fmt.Errorf("devices[%d] (%q): %s: %w", i, r.Address, field, err))
+		}
+		if j, dup := seen[r.Address]; dup {
+			bad("address", fmt.Errorf("also devices[%d]", j))
+		}
+		seen[r.Address] = i
+		if err := checkAddress(r.Unit); err != nil {
+			bad("unit", err)
+		}
+		for _, f := range []struct{ name, v string }{{"original.driver", r.Original.Driver}, {"original.override", r.Original.Override}, {"target", r.Target}} {
+			if err := checkDriverName(f.v); err != nil {
+				bad(f.name, err)
+			}
+		}
+		if !slices.Contains([]Phase{PhaseChanging, PhaseDone, PhaseRestoring}, r.Phase) {
+			bad("phase", fmt.Errorf("unknown phase %q", r.Phase))
+		}
+		if !slices.Contains([]Origin{OriginAllocate, OriginStartup, OriginOperator}, r.Origin) {
+			bad("origin", fmt.Errorf("unknown origin %q", r.Origin))
+		}
+		if strings.Trim(r.Group, "0123456789") != "" || len(r.Group) > 10 {
+			bad("group", fmt.Errorf("%q is not an IOMMU group number", r.Group))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkAddress accepts a PCI address in the canonical form sysfs names
+// functions by (dddd:bb:dd.f, lower case).
+func checkAddress(a sysfs.Address) error {
+	p, err := sysfs.ParseAddress(string(a))
+	if err != nil {
+		return err
+	}
+	if p != a {
+		return fmt.Errorf("PCI address %q is not in lower case, as sysfs names functions", a)
+	}
+	return nil
+}
+
+// maxDriverName bounds a driver name; the kernel's longest are a few dozen
+// characters (module names stop at 55).
+const maxDriverName = 64
+
+// checkDriverName accepts "" (no driver, no override) or a name a kernel
+// driver can have: printable ASCII without space or '/', not "." or "..",
+// at most maxDriverName long. It becomes a path element
+// (bus/pci/drivers/<name>/bind) and a driver_override value.
+func checkDriverName(s string) error {
+	switch {
+	case s == "":
+		return nil
+	case len(s) > maxDriverName:
+		return fmt.Errorf("driver name %.20q... is %d bytes long (at most %d)", s, len(s), maxDriverName)
+	case s == "." || s == ".." || strings.Contains(s, ".."):
+		return fmt.Errorf("driver name %q contains \"..\"", s)
+	case strings.Contains(s, "/"):
+		return fmt.Errorf("driver name %q contains \"/\"", s)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return fmt.Errorf("driver name %q is not printable ASCII without spaces", s)
+		}
+	}
+	return nil
 }
 
 func (s *stateFile) get(a sysfs.Address) *Record {

@@ -28,3 +28,22 @@ pools:
 		t.Errorf("stdout:\n%s", out)
 	}
 }
+
+// TestVersionFlag: --version and -v print what the version command prints.
+func TestVersionFlag(t *testing.T) {
+	want, _, err := run(t, "version")
+	if err != nil || !strings.HasPrefix(want, "sriov-cdi ") {
+		t.Fatalf("version: %q, %v", want, err)
+	}
+	for _, flag := range []string{"--version", "-v"} {
+		t.Run(flag, func(t *testing.T) {
+			got, errOut, err := run(t, flag)
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", flag, err, errOut)
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("%s (-want +got)\n%s", flag, diff)
+			}
+		})
+	}
+}

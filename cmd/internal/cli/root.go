@@ -30,6 +30,15 @@ func NewApp() *ucli.Command {
 			cdiCommand(),
 			nriCommand(),
 		},
+		// --version/-v print what `version` prints; the root runs nothing
+		// else, so without a command it shows help.
+		Flags: []ucli.Flag{&ucli.BoolFlag{Name: "version", Aliases: []string{"v"}, Usage: "print the version", Local: true}},
+		Action: func(ctx context.Context, cmd *ucli.Command) error {
+			if cmd.Bool("version") {
+				return printVersion(cmd)
+			}
+			return ucli.ShowRootCommandHelp(cmd)
+		},
 		// Errors are returned to main, which prints them once and exits 1.
 		ExitErrHandler: func(context.Context, *ucli.Command, error) {},
 	}
@@ -40,10 +49,14 @@ func versionCommand() *ucli.Command {
 		Name:  "version",
 		Usage: "print the version",
 		Action: func(_ context.Context, cmd *ucli.Command) error {
-			_, err := fmt.Fprintf(cmd.Root().Writer, "sriov-cdi %s (%s, %s/%s)\n", version.String(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
-			return err
+			return printVersion(cmd)
 		},
 	}
+}
+
+func printVersion(cmd *ucli.Command) error {
+	_, err := fmt.Fprintf(cmd.Root().Writer, "sriov-cdi %s (%s, %s/%s)\n", version.String(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return err
 }
 
 // Flags shared by every command that reads the host; each is also read
@@ -106,8 +119,17 @@ func loadHost(cmd *ucli.Command) (*hostInput, error) {
 
 // scanOptions adds live network inspection when the root is the host's.
 func scanOptions(root sysfs.Root) []sysfs.ScanOption {
+	if live := liveNet(root); live != nil {
+		return []sysfs.ScanOption{sysfs.WithNetUsage(live.Current)}
+	}
+	return nil
+}
+
+// liveNet reads the host's network use over rtnetlink when the root is the
+// host's; nil for a fixture tree (no live network state).
+func liveNet(root sysfs.Root) *sysfs.LiveNet {
 	if root.Sys == "/sys" {
-		return []sysfs.ScanOption{sysfs.WithNetUsage(sysfs.NewLiveNetUsage("/proc"))}
+		return sysfs.NewLiveNet()
 	}
 	return nil
 }

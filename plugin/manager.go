@@ -40,8 +40,13 @@ type Options struct {
 	RescanInterval time.Duration
 	// Debounce coalesces bursts of events into one rescan. Default 20ms.
 	Debounce time.Duration
-	// Uevents listens to kernel uevents; needs the host network namespace.
-	Uevents     bool
+	// Uevents listens to kernel uevents and, with NetEvents, to network
+	// events; needs the host network namespace.
+	Uevents bool
+	// NetEvents reports link, address and default-route changes by netdev
+	// name (sysfs.LiveNet): the function owning the netdev is read again
+	// at once instead of at the next rescan. nil: rescans only.
+	NetEvents   NetWatcher
 	ScanOptions []sysfs.ScanOption
 	Specs       SpecSyncer       // nil: no CDI specs written
 	Prepare     Preparer         // nil: nothing prepared (kernel pools only)
@@ -53,7 +58,16 @@ type Options struct {
 	// devices kubelet no longer lists as assigned; nil: files go only when
 	// their device leaves the pool.
 	PodResources PodLister
-	Log          *zap.Logger
+	// Holdings tells which functions sriov-cdi bound and for which pool,
+	// so that a unit stays in its pool while binding changes what the
+	// selectors read (driver, netdevs); nil: none (no vfio binding).
+	Holdings Holdings
+	Log      *zap.Logger
+}
+
+// Holdings is the part of the binding manager the planner reads.
+type Holdings interface {
+	Held() pool.Held
 }
 
 // Manager runs one endpoint per pool and keeps them in step with the host,
@@ -84,10 +98,12 @@ type Manager struct {
 	registrations atomic.Int64
 }
 
-// trigger asks for a rescan of one function, or of everything (addr "").
+// trigger asks for a rescan of one function, of the function owning a
+// netdev, or of everything (addr and netdev "").
 type trigger struct {
 	reason string
 	addr   sysfs.Address
+	netdev string
 }
 
 type managed struct {
@@ -132,7 +148,7 @@ func (m *Manager) Trigger(reason string) { m.TriggerDevice(reason, "") }
 // costs a few reads instead of a full scan.
 func (m *Manager) TriggerDevice(reason string, addr sysfs.Address) {
 	select {
-	case m.kick <- trigger{reason, addr}:
+	case m.kick <- trigger{reason: reason, addr: addr}:
 	default:
 		// The queue is full: a full rescan is already due and covers it.
 	}
@@ -196,6 +212,13 @@ func (m *Manager) Run(ctx context.Context) error {
 				}
 			}()
 		}
+		if m.opts.NetEvents != nil {
+			go func() {
+				if err := m.opts.NetEvents.Watch(ctx, m.triggerNetdev); err != nil {
+					m.log.Warn("network event listener stopped; relying on rescans", zap.Error(err))
+				}
+			}()
+		}
 	}
 	defer m.shutdown()
 
@@ -230,6 +253,11 @@ func (m *Manager) Run(ctx context.Context) error {
 		case err := <-w.Errors:
 			m.log.Warn("file watcher error; relying on rescans", zap.Error(err))
 		case t := <-m.kick:
+			if t.netdev != "" {
+				if t.addr = m.netdevOwner(t.netdev); t.addr == "" {
+					continue // not a netdev of a PCI function we know
+				}
+			}
 			m.log.Debug("rescan requested", zap.String("reason", t.reason), zap.String("device", string(t.addr)))
 			switch {
 			case t.addr == "":
@@ -254,6 +282,37 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.registerMissing(ctx)
 		}
 	}
+}
+
+// triggerNetdev asks for the function owning netdev to be read again
+// ("" : everything).
+func (m *Manager) triggerNetdev(netdev string) {
+	if netdev == "" {
+		m.Trigger("network events lost")
+		return
+	}
+	select {
+	case m.kick <- trigger{reason: "network event on " + netdev, netdev: netdev}:
+	default:
+	}
+}
+
+// netdevOwner returns the function of the last scan that has netdev, or "".
+func (m *Manager) netdevOwner(netdev string) sysfs.Address {
+	m.planMu.Lock()
+	h := m.host
+	m.planMu.Unlock()
+	if h == nil {
+		return ""
+	}
+	for _, d := range h.Devices {
+		for _, n := range d.Netdevs {
+			if n.Name == netdev {
+				return d.Address
+			}
+		}
+	}
+	return ""
 }
 
 func (m *Manager) replanLogged(ctx context.Context, only map[sysfs.Address]bool) {
@@ -291,7 +350,11 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 		}
 		m.lastWarn = h.Warnings
 	}
-	plan := pool.Build(m.cfg, h)
+	var held pool.Held
+	if m.opts.Holdings != nil {
+		held = m.opts.Holdings.Held()
+	}
+	plan := pool.Build(m.cfg, h, pool.WithHeld(held))
 	m.plan = plan
 	m.recordPlan(plan)
 	m.logRefusals(plan)

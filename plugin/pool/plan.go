@@ -74,19 +74,43 @@ func (p *Plan) Pool(name string) *Pool {
 	return nil
 }
 
+// Held maps each function whose driver sriov-cdi changed to the pool it
+// changed it for (the binding state file's records).
+type Held map[sysfs.Address]string
+
+// BuildOption tunes Build.
+type BuildOption func(*buildOptions)
+
+type buildOptions struct{ held Held }
+
+// WithHeld makes functions sriov-cdi bound stay in the pool they were bound
+// for.
+func WithHeld(h Held) BuildOption { return func(o *buildOptions) { o.held = h } }
+
 // Build matches every function of h against the pools of c. A function
 // goes to the first pool whose selectors match it. Bridges and PFs with VFs
 // enabled are never handed out. In vfio mode the IOMMU group is the unit and
 // a group that also holds something the host uses, a PF with VFs, a function
 // of another pool or one bound to a driver the pool may not unbind is
 // refused whole, with the reason.
-func Build(c *config.Config, h *sysfs.Host) *Plan {
+//
+// Functions whose driver sriov-cdi changed for a vfio pool (see Held) stay
+// in that pool whatever its selectors say now: binding takes a function's
+// driver and netdevs away, which selectors may read, and a pool must never
+// lose the unit it just prepared.
+func Build(c *config.Config, h *sysfs.Host, opts ...BuildOption) *Plan {
+	var o buildOptions
+	for _, f := range opts {
+		f(&o)
+	}
 	plan := &Plan{Pools: make([]Pool, len(c.Pools))}
 	owner := map[sysfs.Address]int{} // function -> pool index
 	matched := make([][]*sysfs.Device, len(c.Pools))
+	byName := make(map[string]int, len(c.Pools))
 	for i := range c.Pools {
 		p := &c.Pools[i]
 		plan.Pools[i] = Pool{Name: p.Name, Resource: c.Resource(p), Mode: p.Mode, Config: p}
+		byName[p.Name] = i
 	}
 	for _, d := range h.Devices {
 		var pf *sysfs.Device
@@ -94,9 +118,13 @@ func Build(c *config.Config, h *sysfs.Host) *Plan {
 			pf = h.Device(d.PhysFn)
 		}
 		var hits []int
-		for i := range c.Pools {
-			if c.Pools[i].Match(d, pf) {
-				hits = append(hits, i)
+		if i, ok := byName[o.held[d.Address]]; ok && c.Pools[i].Mode == config.ModeVFIO {
+			hits = []int{i} // ours since we bound it: selectors judged it before
+		} else {
+			for i := range c.Pools {
+				if c.Pools[i].Match(d, pf) {
+					hits = append(hits, i)
+				}
 			}
 		}
 		first := ""

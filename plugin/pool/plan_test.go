@@ -228,3 +228,44 @@ func TestBuildSample(t *testing.T) {
 		t.Errorf("bound VF unit = %+v", u)
 	}
 }
+
+// TestBuildHeld: a function sriov-cdi bound for a vfio pool stays in that
+// pool although the selectors no longer match it (its driver is vfio-pci
+// now and its netdev is gone); a record naming a kernel pool or a pool no
+// longer configured changes nothing.
+func TestBuildHeld(t *testing.T) {
+	c := mustConfig(t, `
+resourcePrefix: example.com
+pools:
+  - {name: by-driver, mode: vfio, allowUnbindFrom: [iavf], selectors: {drivers: [iavf]}}
+  - {name: kernel, mode: kernel, selectors: {drivers: [vfio-pci]}}
+`)
+	for _, tc := range []struct {
+		name     string
+		held     Held
+		byDriver []sysfs.Address
+		kernel   []sysfs.Address
+	}{
+		{"no records", nil, []sysfs.Address{"0000:3b:02.0", "0000:3b:02.1"}, []sysfs.Address{"0000:3b:02.3"}},
+		{"bound for the vfio pool", Held{"0000:3b:02.3": "by-driver"}, []sysfs.Address{"0000:3b:02.0", "0000:3b:02.1", "0000:3b:02.3"}, nil},
+		{"record names a kernel pool", Held{"0000:3b:02.3": "kernel"}, []sysfs.Address{"0000:3b:02.0", "0000:3b:02.1"}, []sysfs.Address{"0000:3b:02.3"}},
+		{"record names a pool gone from the config", Held{"0000:3b:02.3": "renamed"}, []sysfs.Address{"0000:3b:02.0", "0000:3b:02.1"}, []sysfs.Address{"0000:3b:02.3"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			plan := Build(c, testHost(), WithHeld(tc.held))
+			unitIDs := func(p *Pool) []sysfs.Address {
+				var out []sysfs.Address
+				for _, u := range p.Units {
+					out = append(out, u.ID)
+				}
+				return out
+			}
+			if diff := cmp.Diff(tc.byDriver, unitIDs(plan.Pool("by-driver"))); diff != "" {
+				t.Errorf("by-driver units (-want +got)\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.kernel, unitIDs(plan.Pool("kernel"))); diff != "" {
+				t.Errorf("kernel units (-want +got)\n%s", diff)
+			}
+		})
+	}
+}

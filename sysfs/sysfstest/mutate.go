@@ -12,7 +12,11 @@ import (
 // tests can watch code react to VF removal or a driver change.
 
 // SetDriver rebinds addr to driver ("" unbinds), updating both links and,
-// for vfio-pci, /dev/vfio/<group> and vfio-dev/.
+// for vfio-pci, /dev/vfio/<group> and vfio-dev/. As on a real kernel, a
+// function's netdevs exist only while a network driver owns it: unbinding
+// removes net/ and its class/net links (kept aside under dir, outside the
+// tree), and binding a driver other than vfio-pci or pci-stub brings them
+// back.
 func SetDriver(dir, addr, driver string) error {
 	w := &writer{sys: filepath.Join(dir, "sys")}
 	devPath, err := canonical(w.sys, addr)
@@ -20,6 +24,11 @@ func SetDriver(dir, addr, driver string) error {
 		return err
 	}
 	abs := filepath.Join(w.sys, devPath)
+	if _, err := os.Readlink(filepath.Join(abs, "driver")); err == nil {
+		if err := stashNetdevs(dir, abs, addr); err != nil {
+			return err
+		}
+	}
 	if old, err := os.Readlink(filepath.Join(abs, "driver")); err == nil {
 		_ = os.Remove(filepath.Join(abs, filepath.Dir(old), filepath.Base(old), addr))
 		_ = os.Remove(filepath.Join(abs, "driver"))
@@ -48,6 +57,56 @@ func SetDriver(dir, addr, driver string) error {
 		}
 	}
 	w.file(filepath.Join(devPath, "uevent"), strings.Join(lines, "\n"), 0o644)
+	if w.err == nil && driver != "" && createsNetdevs(driver) {
+		return unstashNetdevs(dir, abs, addr)
+	}
+	return w.err
+}
+
+// createsNetdevs: vfio-pci and pci-stub own functions without netdevs;
+// any other driver of a function that had netdevs brings them back.
+func createsNetdevs(driver string) bool { return driver != "vfio-pci" && driver != "pci-stub" }
+
+// netStash is where a function's net/ waits while no network driver owns
+// it: outside the tree, so no scan can see it.
+func netStash(dir, addr string) string { return filepath.Join(dir, "netdev-stash", addr) }
+
+func stashNetdevs(dir, abs, addr string) error {
+	net := filepath.Join(abs, "net")
+	names, err := os.ReadDir(net)
+	if err != nil {
+		return nil // no netdevs
+	}
+	stash := netStash(dir, addr)
+	if err := os.MkdirAll(filepath.Dir(stash), 0o755); err != nil {
+		return err
+	}
+	_ = os.RemoveAll(stash)
+	for _, n := range names {
+		_ = os.Remove(filepath.Join(dir, "sys", "class", "net", n.Name()))
+	}
+	return os.Rename(net, stash)
+}
+
+func unstashNetdevs(dir, abs, addr string) error {
+	stash := netStash(dir, addr)
+	names, err := os.ReadDir(stash)
+	if err != nil {
+		return nil // nothing kept aside
+	}
+	net := filepath.Join(abs, "net")
+	if err := os.Rename(stash, net); err != nil {
+		return err
+	}
+	sys := filepath.Join(dir, "sys")
+	w := &writer{sys: sys}
+	rel, err := filepath.Rel(sys, net)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		w.link(filepath.Join("class/net", n.Name()), filepath.Join(rel, n.Name()))
+	}
 	return w.err
 }
 

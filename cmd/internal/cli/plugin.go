@@ -59,9 +59,15 @@ func pluginCommand() *ucli.Command {
 				DevicePluginDir: cmd.String("device-plugin-dir"),
 				RescanInterval:  cmd.Duration("rescan-interval"),
 				Uevents:         cmd.Bool("uevents"),
-				ScanOptions:     scanOptions(root),
 				Metrics:         metrics.New(),
 				Log:             log,
+			}
+			if live := liveNet(root); live != nil {
+				// Scans answer from the last rtnetlink dump until an event
+				// says something changed; the events also trigger a re-read
+				// of the function owning the netdev.
+				opts.ScanOptions = []sysfs.ScanOption{sysfs.WithNetUsage(live.Current)}
+				opts.NetEvents = live
 			}
 			if dir := cmd.String("device-info-dir"); dir != "" {
 				opts.DeviceInfo = &deviceinfo.Writer{Dir: dir}
@@ -120,8 +126,8 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 		mt.BindOps.WithLabelValues(op, result).Inc()
 		mt.BindSeconds.WithLabelValues(op).Observe(d.Seconds())
 	})}
-	if opts.Root.Sys == "/sys" {
-		bopts = append(bopts, binding.WithNetUsage(func() sysfs.NetUsage { return sysfs.NewLiveNetUsage("/proc") }))
+	if live := liveNet(opts.Root); live != nil {
+		bopts = append(bopts, binding.WithNetUsage(live.Fresh)) // never a cached answer for a bind
 	}
 	if fault := os.Getenv("SRIOV_CDI_FAULT"); fault != "" {
 		bopts = append(bopts, binding.WithFault(fault))
@@ -131,6 +137,7 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 		return err
 	}
 	opts.Prepare = binding.ForAllocate{M: bm}
+	opts.Holdings = binding.NewHoldings(cmd.String("state-file"))
 
 	if sock := cmd.String("pod-resources-socket"); sock != "" {
 		conn, err := binding.DialPodResources(sock)

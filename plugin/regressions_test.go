@@ -1,0 +1,126 @@
+package plugin
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
+
+	"github.com/sriov-cdi/sriov-cdi/cdi"
+	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
+	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
+)
+
+// Regressions: each test here failed on the code before its fix.
+
+// TestVFIOPoolKeepsWhatItBound (issue 11.1): a vfio pool whose selectors
+// read something binding changes — the driver, the netdev's link type, the
+// function's own netdev name — must keep the unit it just bound: the CDI
+// spec still defines the name Allocate returned, the list still shows it,
+// and after restore (original driver, netdev back) it is still there.
+// The fake kernel removes netdevs on unbind, as a real one does.
+func TestVFIOPoolKeepsWhatItBound(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		pfs, vfs int
+		selector string
+		device   string
+	}{
+		{"drivers", 1, 2, `{drivers: [iavf]}`, "0000:01:00.1"},
+		{"linkTypes", 1, 2, `{linkTypes: [ether], rootDevices: ["0000:01:00.0"]}`, "0000:01:00.1"},
+		{"pfNames VF", 1, 2, `{pfNames: ["ens0f0#0-1"]}`, "0000:01:00.1"},
+		{"pfNames PF", 1, 0, `{pfNames: ["ens0f0"]}`, "0000:01:00.0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log := zaptest.NewLogger(t)
+			prep := &lazyPrep{}
+			cfg := "resourcePrefix: example.com\npools:\n  - {name: vf, mode: vfio, allowUnbindFrom: [iavf, i40e], selectors: " + tc.selector + "}\n"
+			var cdiDir string
+			h := startHarness(t, tc.pfs, tc.vfs, cfg, prep, log, func(dir string, o *Options) {
+				o.Holdings = binding.NewHoldings(filepath.Join(dir, "state.json"))
+				cdiDir = filepath.Join(dir, "cdi")
+				w, err := cdi.NewWriter(cdiDir, log)
+				if err != nil {
+					t.Fatal(err)
+				}
+				o.Specs = cdi.PlanSyncer{W: w, Root: o.Root}
+			})
+			host := filepath.Join(h.dir, "host")
+			k, err := sysfstest.NewKernel(host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(k.Unhang)
+			root := sysfs.Root{Sys: filepath.Join(host, "sys"), Dev: filepath.Join(host, "dev")}
+			bm, err := binding.NewManager(root, filepath.Join(h.dir, "state.json"), log, binding.WithWriter(k),
+				binding.WithTimeout(2*time.Second), binding.WithPollInterval(time.Millisecond), binding.WithFault(""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			prep.Preparer = binding.ForAllocate{M: bm}
+
+			regs := h.registrations(t, 1)
+			c := h.kubelet.client(t, regs["example.com/vf"])
+			stream, err := c.ListAndWatch(context.Background(), &pluginapi.Empty{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			listed := func() bool { return slices.Contains(ids(recvList(t, stream)), tc.device+" Healthy") }
+			if !listed() {
+				t.Fatalf("%s not advertised at start", tc.device)
+			}
+			resp, err := c.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{tc.device}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := resp.ContainerResponses[0].CdiDevices[0].Name
+			defined := func() bool {
+				cache, err := cdilib.NewCache(cdilib.WithSpecDirs(cdiDir), cdilib.WithAutoRefresh(false))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return cache.GetDevice(name) != nil
+			}
+			if !defined() {
+				t.Fatalf("Allocate returned CDI device %q, which no spec in %s defines", name, cdiDir)
+			}
+			// Several rescans later the unit is still the pool's.
+			time.Sleep(300 * time.Millisecond)
+			if !defined() {
+				t.Fatalf("CDI device %q vanished from the specs after rescans", name)
+			}
+			if !h.inPool(t, "vf", tc.device) {
+				t.Fatalf("bound unit %s left the pool", tc.device)
+			}
+
+			// Restored: back on its driver, netdev back, still in the pool.
+			if err := bm.Restore(context.Background(), []sysfs.Address{sysfs.Address(tc.device)}); err != nil {
+				t.Fatal(err)
+			}
+			if !h.inPool(t, "vf", tc.device) {
+				t.Fatalf("restored unit %s did not come back to the pool", tc.device)
+			}
+			if !defined() {
+				t.Fatalf("CDI device %q missing after restore", name)
+			}
+		})
+	}
+}
+
+// inPool rescans everything now and reports whether pool holds unit id.
+func (h *harness) inPool(t testing.TB, pool, id string) bool {
+	t.Helper()
+	if err := h.mgr.replan(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	h.mgr.planMu.Lock()
+	defer h.mgr.planMu.Unlock()
+	p := h.mgr.plan.Pool(pool)
+	return p != nil && p.Unit(sysfs.Address(id)) != nil
+}

@@ -53,6 +53,13 @@ func lastPCIAddress(devpath string) sysfs.Address {
 	return ""
 }
 
+// NetWatcher follows network changes (rtnetlink: links, addresses,
+// default routes) until ctx ends, calling notify with the netdev each
+// concerns, or with "" when events were lost. sysfs.LiveNet is one.
+type NetWatcher interface {
+	Watch(ctx context.Context, notify func(netdev string)) error
+}
+
 // ueventSource listens to kernel uevents (NETLINK_KOBJECT_UEVENT). It needs
 // the host's network namespace (hostNetwork in a pod).
 type ueventSource struct{ f *os.File }

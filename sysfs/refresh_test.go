@@ -1,6 +1,8 @@
 package sysfs_test
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -58,3 +60,62 @@ func TestRefreshMatchesScan(t *testing.T) {
 		t.Errorf("previous snapshot modified: %+v", d)
 	}
 }
+
+// TestReadGroups reads a unit's group (two VFs without ACS between them
+// and the root port above them), their PF and nothing else, even with an
+// unrelated function broken.
+func TestReadGroups(t *testing.T) {
+	dir := t.TempDir()
+	b := sysfstest.New(dir)
+	b.Add(sysfstest.Function{Addr: "0000:00:01.0", Vendor: "8086", Device: "2030", Class: "060400", Driver: "pcieport", NUMA: 0, Group: "5"})
+	b.AddPF(sysfstest.Function{Addr: "0000:3b:00.0", Vendor: "8086", Device: "1572", Driver: "i40e", NUMA: 0, Group: "2", Parent: "0000:00:01.0",
+		Netdevs: []sysfstest.Netdev{{Name: "ens1f0", OperState: "up", Carrier: true}}},
+		sysfstest.Function{Addr: "0000:3b:02.0", Vendor: "8086", Device: "154c", Driver: "iavf", NUMA: 0, Group: "5"},
+		sysfstest.Function{Addr: "0000:3b:02.1", Vendor: "8086", Device: "154c", Driver: "iavf", NUMA: 0, Group: "5"},
+		sysfstest.Function{Addr: "0000:3b:02.2", Vendor: "8086", Device: "154c", Driver: "iavf", NUMA: 0, Group: "6"},
+		sysfstest.Function{Addr: "0000:3b:02.3", Vendor: "8086", Device: "154c", Driver: "iavf", NUMA: 0, Group: "7"},
+	)
+	if err := b.Write(); err != nil {
+		t.Fatal(err)
+	}
+	root := sysfs.Root{Sys: b.Sys(), Dev: b.Dev()}
+	// 0000:3b:02.3 vanishes badly: its bus link dangles.
+	if err := os.RemoveAll(filepath.Join(b.Sys(), "devices", "pci0000:00", "0000:00:01.0", "0000:3b:02.3")); err != nil {
+		t.Fatal(err)
+	}
+	asked := map[string]bool{}
+	h, err := sysfs.ReadGroups(root, []sysfs.Address{"0000:3b:02.0"}, sysfs.WithNetUsage(func() sysfs.NetUsage { return recordNet(asked) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []sysfs.Address
+	for _, d := range h.Devices {
+		got = append(got, d.Address)
+	}
+	if diff := cmp.Diff([]sysfs.Address{"0000:00:01.0", "0000:3b:00.0", "0000:3b:02.0", "0000:3b:02.1"}, got); diff != "" {
+		t.Errorf("functions read (-want +got)\n%s", diff)
+	}
+	if diff := cmp.Diff([]sysfs.Address{"0000:00:01.0", "0000:3b:02.0", "0000:3b:02.1"}, h.Groups["5"]); diff != "" {
+		t.Errorf("group 5 (-want +got)\n%s", diff)
+	}
+	if len(h.Warnings) != 0 {
+		t.Errorf("warnings about functions not asked for: %v", h.Warnings)
+	}
+	if d := h.Device("0000:3b:02.1"); d.VFIndex != 1 || d.NUMANode != 0 {
+		t.Errorf("VF index and NUMA node not taken from the PF: %+v", d)
+	}
+	if diff := cmp.Diff(map[string]bool{"ens1f0": true}, asked); diff != "" {
+		t.Errorf("netdevs asked about (-want +got)\n%s", diff)
+	}
+	// A group whose member list cannot be read fails the read.
+	if err := os.RemoveAll(filepath.Join(b.Sys(), "kernel", "iommu_groups", "5", "devices")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sysfs.ReadGroups(root, []sysfs.Address{"0000:3b:02.0"}); err == nil {
+		t.Error("unreadable group member list: no error")
+	}
+}
+
+type recordNet map[string]bool
+
+func (r recordNet) HostUse(n string) string { r[n] = true; return "" }

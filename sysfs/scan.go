@@ -39,9 +39,11 @@ type NetUsage interface {
 // ScanOption configures Scan.
 type ScanOption func(*scanner)
 
-// WithNetUsage makes the scan record which netdevs the host uses. Without
-// it Netdev.HostUse stays empty: a fixture tree has no live network state.
-func WithNetUsage(n NetUsage) ScanOption { return func(s *scanner) { s.net = n } }
+// WithNetUsage makes the scan record which netdevs the host uses; f is
+// called once per Scan, Refresh or ReadGroups (LiveNet.Current: one
+// rtnetlink dump, or none while nothing changed). Without it
+// Netdev.HostUse stays empty: a fixture tree has no live network state.
+func WithNetUsage(f func() NetUsage) ScanOption { return func(s *scanner) { s.netFn = f } }
 
 // Scan reads every PCI function under root. It fails only when the PCI bus
 // directory itself cannot be read; a function that vanishes or shows
@@ -134,6 +136,9 @@ func newScanner(root Root, opts []ScanOption) *scanner {
 	for _, o := range opts {
 		o(s)
 	}
+	if s.netFn != nil {
+		s.net = s.netFn()
+	}
 	if groups, err := readDirNames(filepath.Join(root.Dev, "vfio")); err == nil {
 		for _, g := range groups {
 			s.vfioGroups[g] = true
@@ -182,7 +187,8 @@ func sortWarnings(w []Warning) {
 
 type scanner struct {
 	root        Root
-	net         NetUsage
+	netFn       func() NetUsage
+	net         NetUsage // netFn's answer for this scan
 	vfioGroups  map[string]bool
 	vfioDevices map[string]bool // names under /dev/vfio/devices
 }
@@ -292,25 +298,44 @@ func (s *scanner) readDevice(name string, buf []byte) (*Device, []Warning) {
 	return d, warns
 }
 
+// MaxVFs bounds the virtfn links read per PF whatever sriov_totalvfs
+// says: TotalVFs is a 16-bit field of the PCIe SR-IOV capability, so no
+// device can have more.
+const MaxVFs = 65535
+
 func (s *scanner) readSRIOV(dfd int, dir, total string, buf []byte, warn func(string, ...any)) *SRIOV {
 	sr := &SRIOV{}
 	var err error
-	if sr.TotalVFs, err = strconv.Atoi(total); err != nil {
-		warn("sriov_totalvfs %q is not a number", total)
+	limit := MaxVFs
+	switch sr.TotalVFs, err = strconv.Atoi(total); {
+	case err != nil || sr.TotalVFs < 0:
+		warn("sriov_totalvfs %q is not a number of VFs; reading at most %d virtfn links", total, MaxVFs)
+		sr.TotalVFs = 0
+	case sr.TotalVFs > MaxVFs:
+		warn("sriov_totalvfs %d exceeds the SR-IOV maximum %d; reading at most %d virtfn links", sr.TotalVFs, MaxVFs, MaxVFs)
+	default:
+		limit = sr.TotalVFs
 	}
 	if v, err := readAttrAt(dfd, dir, "sriov_numvfs", buf); err == nil {
-		if sr.NumVFs, err = strconv.Atoi(v); err != nil {
-			warn("sriov_numvfs %q is not a number; treating as 0", v)
+		switch sr.NumVFs, err = strconv.Atoi(v); {
+		case err != nil || sr.NumVFs < 0:
+			warn("sriov_numvfs %q is not a number of VFs; treating as 0", v)
 			sr.NumVFs = 0
+		case sr.NumVFs > limit:
+			warn("sriov_numvfs %d exceeds sriov_totalvfs %s; reading the first %d virtfn links", sr.NumVFs, total, limit)
+			sr.NumVFs = limit
 		}
 	}
 	if v, err := readAttrAt(dfd, dir, "sriov_drivers_autoprobe", buf); err == nil {
 		sr.DriversAutoprobe = v == "1"
 	}
+	missing, first := 0, error(nil)
 	for i := 0; i < sr.NumVFs; i++ {
 		target, err := readLinkAt(dfd, dir, "virtfn"+strconv.Itoa(i), buf)
 		if err != nil {
-			warn("virtfn%d unreadable although sriov_numvfs is %d: %v", i, sr.NumVFs, err)
+			if missing++; first == nil {
+				first = fmt.Errorf("virtfn%d unreadable although sriov_numvfs is %d: %w", i, sr.NumVFs, err)
+			}
 			continue
 		}
 		vf, err := ParseAddress(filepath.Base(target))
@@ -319,6 +344,12 @@ func (s *scanner) readSRIOV(dfd int, dir, total string, buf []byte, warn func(st
 			continue
 		}
 		sr.VFs = append(sr.VFs, vf)
+	}
+	switch {
+	case missing == 1:
+		warn("%v", first)
+	case missing > 1:
+		warn("%v (and %d more virtfn links missing)", first, missing-1)
 	}
 	return sr
 }
@@ -520,4 +551,63 @@ func retry(op func() (int, error)) (int, error) {
 			return n, err
 		}
 	}
+}
+
+// ReadGroups reads, fresh from root, only what binding the functions at
+// addrs depends on: those functions, every function now in their IOMMU
+// groups (kernel/iommu_groups/<group>/devices) and the PFs of all of them.
+// Nothing else is read. The Host it returns holds just those functions, so
+// its Groups list every current member of each group read. It fails when a
+// group's member list cannot be read: a check must not pass on a partial
+// group.
+func ReadGroups(root Root, addrs []Address, opts ...ScanOption) (*Host, error) {
+	s := newScanner(root, opts)
+	read := map[Address]bool{}
+	var devs []*Device
+	var warns []Warning
+	readSet := func(set []Address) []*Device {
+		var names []string
+		for _, a := range set {
+			if !read[a] {
+				read[a] = true
+				names = append(names, string(a))
+			}
+		}
+		fresh, w := s.readAll(names)
+		devs, warns = append(devs, fresh...), append(warns, w...)
+		return fresh
+	}
+	first := readSet(addrs)
+	var members []Address
+	groups := map[string]bool{}
+	for _, d := range first {
+		if d.IOMMUGroup == "" || groups[d.IOMMUGroup] {
+			continue
+		}
+		groups[d.IOMMUGroup] = true
+		dir := filepath.Join(root.Sys, "kernel", "iommu_groups", d.IOMMUGroup, "devices")
+		names, err := readDirNames(dir)
+		if err != nil {
+			return nil, fmt.Errorf("list IOMMU group %s of %s: %w", d.IOMMUGroup, d.Address, err)
+		}
+		for _, n := range names {
+			a, err := ParseAddress(n)
+			if err != nil {
+				return nil, fmt.Errorf("IOMMU group %s lists %q: %w", d.IOMMUGroup, n, err)
+			}
+			members = append(members, a)
+		}
+	}
+	var pfs []Address
+	for _, d := range append(first, readSet(members)...) {
+		if d.PhysFn != "" {
+			pfs = append(pfs, d.PhysFn)
+		}
+	}
+	readSet(pfs)
+	h := NewHost(devs, nil)
+	warns = append(warns, linkVFs(h, nil)...)
+	sortWarnings(warns)
+	h.Warnings = warns
+	return h, nil
 }

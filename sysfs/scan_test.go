@@ -95,7 +95,7 @@ func TestScanBuiltTree(t *testing.T) {
 	if err := b.Write(); err != nil {
 		t.Fatal(err)
 	}
-	h, err := sysfs.Scan(sysfs.Root{Sys: b.Sys(), Dev: b.Dev()}, sysfs.WithNetUsage(fakeNet{"ens1f0": "holds address 192.0.2.10"}))
+	h, err := sysfs.Scan(sysfs.Root{Sys: b.Sys(), Dev: b.Dev()}, sysfs.WithNetUsage(func() sysfs.NetUsage { return fakeNet{"ens1f0": "holds address 192.0.2.10"} }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +125,76 @@ func TestScanBuiltTree(t *testing.T) {
 	}
 	if !h.Device("0000:00:01.0").IsBridge() || pf.IsBridge() {
 		t.Error("IsBridge wrong")
+	}
+}
+
+// TestScanGarbageNumVFs: a PF whose sriov_numvfs is garbage (far above
+// sriov_totalvfs, or with an unreadable totalvfs) is read in bounded time
+// with a warning naming it, not walked for millions of virtfn links.
+func TestScanGarbageNumVFs(t *testing.T) {
+	tests := []struct {
+		name       string
+		total      string
+		wantNumVFs int
+		wantWarn   []string
+	}{
+		{
+			name: "numvfs above totalvfs", total: "64", wantNumVFs: 64,
+			wantWarn: []string{
+				"0000:3b:00.0: sriov_numvfs 3000000 exceeds sriov_totalvfs 64; reading the first 64 virtfn links",
+				"0000:3b:00.0: virtfn2 unreadable although sriov_numvfs is 64",
+				"(and 61 more virtfn links missing)",
+			},
+		},
+		{
+			name: "garbage totalvfs", total: "banana", wantNumVFs: sysfs.MaxVFs,
+			wantWarn: []string{
+				`0000:3b:00.0: sriov_totalvfs "banana" is not a number of VFs; reading at most 65535 virtfn links`,
+				"0000:3b:00.0: sriov_numvfs 3000000 exceeds sriov_totalvfs banana; reading the first 65535 virtfn links",
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			b := sysfstest.New(dir)
+			b.AddPF(sysfstest.Function{Addr: "0000:3b:00.0", Vendor: "8086", Device: "1572", Driver: "i40e", NUMA: 0, Group: "2", TotalVFs: 64},
+				sysfstest.Function{Addr: "0000:3b:02.0", Vendor: "8086", Device: "154c", Driver: "iavf", NUMA: 0, Group: "3"},
+				sysfstest.Function{Addr: "0000:3b:02.1", Vendor: "8086", Device: "154c", Driver: "iavf", NUMA: 0, Group: "4"})
+			if err := b.Write(); err != nil {
+				t.Fatal(err)
+			}
+			pf := filepath.Join(b.Sys(), "devices", "pci0000:00", "0000:3b:00.0")
+			if err := os.WriteFile(filepath.Join(pf, "sriov_numvfs"), []byte("3000000\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(pf, "sriov_totalvfs"), []byte(tc.total+"\n"), 0o444); err != nil {
+				t.Fatal(err)
+			}
+			h, err := sysfs.Scan(sysfs.Root{Sys: b.Sys(), Dev: b.Dev()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := h.Device("0000:3b:00.0")
+			if d == nil || d.SRIOV == nil {
+				t.Fatalf("PF not read: %+v", d)
+			}
+			if d.SRIOV.NumVFs != tc.wantNumVFs || len(d.SRIOV.VFs) != 2 {
+				t.Errorf("NumVFs = %d with %d VFs, want %d with 2", d.SRIOV.NumVFs, len(d.SRIOV.VFs), tc.wantNumVFs)
+			}
+			if len(h.Warnings) > 3 {
+				t.Errorf("%d warnings, want at most 3 (one per anomaly, not per missing link)", len(h.Warnings))
+			}
+			joined := ""
+			for _, w := range h.Warnings {
+				joined += w.String() + "\n"
+			}
+			for _, want := range tc.wantWarn {
+				if !strings.Contains(joined, want) {
+					t.Errorf("warnings lack %q; got:\n%s", want, joined)
+				}
+			}
+		})
 	}
 }
 

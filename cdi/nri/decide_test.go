@@ -1,6 +1,8 @@
 package nri
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/containerd/nri/pkg/api"
@@ -38,7 +40,40 @@ func testCache(t testing.TB) *cdilib.Cache {
 	if _, err := w.Sync([]*cdispec.Spec{spec}); err != nil {
 		t.Fatal(err)
 	}
+	// Other vendors' specs: one pinning its node numbers, one not, and one
+	// claiming our vendor in a file we did not write.
+	for name, content := range map[string]string{
+		"nvidia.yaml": "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n" +
+			"    deviceNodes: [{path: /dev/nvidia0, type: c, major: 195, minor: 0}]\n    env: [NVIDIA_VISIBLE_DEVICES=0]\n",
+		"example.yaml": "cdiVersion: 0.5.0\nkind: example.com/net\ndevices:\n- name: eth1\n  containerEdits:\n" +
+			"    deviceNodes: [{path: /dev/net/tun}]\n    env: [EXAMPLE_NET=eth1]\n" +
+			"- name: hooked\n  containerEdits:\n    env: [EXAMPLE_HOOKED=1]\n" +
+			"    hooks: [{hookName: createContainer, path: /usr/bin/true}]\n",
+		"impostor.yaml": "cdiVersion: 0.5.0\nkind: sriov-cdi.io/other\ndevices:\n- name: x\n  containerEdits:\n" +
+			"    env: [IMPOSTOR=x]\n",
+		// A migrated pool keeping the SR-IOV network device plugin's
+		// prefix (an older YAML spec of ours), and another vendor's device
+		// plugin with the same prefix.
+		"sriov-cdi_intel.com_legacy.yaml": "cdiVersion: 0.5.0\nkind: intel.com/legacy\ndevices:\n- name: x\n  containerEdits:\n" +
+			"    env: [LEGACY=x]\n",
+		"intel-gpu.yaml": "cdiVersion: 0.5.0\nkind: intel.com/gpu\ndevices:\n- name: card0\n  containerEdits:\n" +
+			"    env: [GPU=card0]\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c, _ := cdilib.NewCache(cdilib.WithSpecDirs(dir), cdilib.WithAutoRefresh(false))
+	return c
+}
+
+const devGPU = "nvidia.com/gpu=0"
+
+// gpuInjected is injected plus another vendor's device node and variable
+// (as its spec defines them if major:minor is 195:0).
+func gpuInjected(annotations map[string]string, major, minor int64) *api.Container {
+	c := injected(annotations, &api.LinuxDevice{Path: "/dev/nvidia0", Type: "c", Major: major, Minor: minor})
+	c.Env = append(c.Env, "NVIDIA_VISIBLE_DEVICES=0")
 	return c
 }
 
@@ -56,12 +91,12 @@ func injected(annotations map[string]string, extra ...*api.LinuxDevice) *api.Con
 
 func TestDecide(t *testing.T) {
 	cache := testCache(t)
-	const sandboxReason = "the pod sandbox carries it: its devices were cold-plugged with the sandbox"
 	tests := []struct {
 		name    string
 		pod     *api.PodSandbox
 		ctr     *api.Container
 		noCache bool
+		policy  Policy
 		want    Decision
 	}{
 		{
@@ -101,19 +136,61 @@ func TestDecide(t *testing.T) {
 			want: Decision{Keep: []Verdict{{"cdi.k8s.io/a", `annotation "cdi.k8s.io/a": "vf" is not a qualified CDI device name (<vendor>/<class>=<device>): unqualified device "vf", missing vendor`}}},
 		},
 		{
-			name: "malformed but carried by the sandbox: removed",
+			name: "malformed but carried by the sandbox: kept (nothing says it is ours)",
 			pod:  &api.PodSandbox{Annotations: map[string]string{"cdi.k8s.io/a": "vf"}},
 			ctr:  injected(map[string]string{"cdi.k8s.io/a": "vf"}),
-			want: Decision{Remove: []Verdict{{"cdi.k8s.io/a", sandboxReason}}},
+			want: Decision{Keep: []Verdict{{"cdi.k8s.io/a", `annotation "cdi.k8s.io/a": "vf" is not a qualified CDI device name (<vendor>/<class>=<device>): unqualified device "vf", missing vendor`}}},
 		},
 		{
-			name:    "no CDI cache: only the sandbox rule",
+			name:    "no CDI cache: nothing is known to be ours, everything kept",
 			pod:     &api.PodSandbox{Annotations: map[string]string{"cdi.k8s.io/pod": devVF0}},
 			ctr:     injected(map[string]string{"cdi.k8s.io/pod": devVF0, "cdi.k8s.io/ctr": devVF0}),
 			noCache: true,
+			want: Decision{Keep: []Verdict{
+				{"cdi.k8s.io/ctr", "no CDI cache to look its devices up in"},
+				{"cdi.k8s.io/pod", "no CDI cache to look its devices up in"},
+			}},
+		},
+		{
+			name:    "no CDI cache, all vendors: only the sandbox rule",
+			pod:     &api.PodSandbox{Annotations: map[string]string{"cdi.k8s.io/pod": devVF0}},
+			ctr:     injected(map[string]string{"cdi.k8s.io/pod": devVF0, "cdi.k8s.io/ctr": devVF0}),
+			noCache: true,
+			policy:  Policy{AllVendors: true},
 			want: Decision{
 				Remove: []Verdict{{"cdi.k8s.io/pod", sandboxReason}},
 				Keep:   []Verdict{{"cdi.k8s.io/ctr", "no CDI cache to look its devices up in"}},
+			},
+		},
+		{
+			name:   "all vendors: another vendor's annotation carried by the sandbox is removed",
+			pod:    &api.PodSandbox{Annotations: map[string]string{"cdi.k8s.io/gpu": devGPU}},
+			ctr:    injected(map[string]string{"cdi.k8s.io/gpu": devGPU}),
+			policy: Policy{AllVendors: true},
+			want:   Decision{Remove: []Verdict{{"cdi.k8s.io/gpu", sandboxReason}}},
+		},
+		{
+			name:   "all vendors: another vendor's device judged by paths and variables only",
+			pod:    &api.PodSandbox{},
+			ctr:    gpuInjected(map[string]string{"cdi.k8s.io/gpu": devGPU}, 195, 1),
+			policy: Policy{AllVendors: true},
+			want:   Decision{Remove: []Verdict{{"cdi.k8s.io/gpu", "its devices are already in the container: " + devGPU}}},
+		},
+		{
+			name:   "all vendors: malformed but carried by the sandbox is removed",
+			pod:    &api.PodSandbox{Annotations: map[string]string{"cdi.k8s.io/a": "vf"}},
+			ctr:    injected(map[string]string{"cdi.k8s.io/a": "vf"}),
+			policy: Policy{AllVendors: true},
+			want:   Decision{Remove: []Verdict{{"cdi.k8s.io/a", sandboxReason}}},
+		},
+		{
+			name: "a migrated pool's prefix (intel.com) in a spec of ours: ours; the same vendor's other kind is not",
+			pod: &api.PodSandbox{Annotations: map[string]string{
+				"cdi.k8s.io/legacy": "intel.com/legacy=x", "cdi.k8s.io/gpu": "intel.com/gpu=card0"}},
+			ctr: injected(map[string]string{"cdi.k8s.io/legacy": "intel.com/legacy=x", "cdi.k8s.io/gpu": "intel.com/gpu=card0"}),
+			want: Decision{
+				Remove: []Verdict{{"cdi.k8s.io/legacy", sandboxReason}},
+				Keep:   []Verdict{{"cdi.k8s.io/gpu", `device "intel.com/gpu=card0" is not ours and not in the container yet`}},
 			},
 		},
 		{
@@ -122,6 +199,84 @@ func TestDecide(t *testing.T) {
 			ctr: injected(nil, dev("/dev/vfio/41", 1), &api.LinuxDevice{Path: "/dev/vfio/vfio", Type: "c", Major: 10, Minor: 196},
 				&api.LinuxDevice{Path: "/dev/vfio/vfio", Type: "c", Major: 10, Minor: 196}),
 			want: Decision{Dedupe: []*api.LinuxDevice{dev("/dev/vfio/41", 1), {Path: "/dev/vfio/vfio", Type: "c", Major: 10, Minor: 196}}, Extra: 1},
+		},
+		{
+			name: "another vendor's annotation carried by the sandbox, devices not in the container: kept",
+			pod:  &api.PodSandbox{Annotations: map[string]string{"cdi.k8s.io/gpu": devGPU}},
+			ctr:  injected(map[string]string{"cdi.k8s.io/gpu": devGPU}),
+			want: Decision{Keep: []Verdict{{"cdi.k8s.io/gpu", `device "nvidia.com/gpu=0" is not ours and not in the container yet`}}},
+		},
+		{
+			name: "another vendor's device exactly in the container: removed",
+			pod:  &api.PodSandbox{},
+			ctr:  gpuInjected(map[string]string{"cdi.k8s.io/gpu": devGPU}, 195, 0),
+			want: Decision{Remove: []Verdict{{"cdi.k8s.io/gpu", "its devices are already in the container: " + devGPU}}},
+		},
+		{
+			name: "another vendor's device node with other numbers at its path: kept",
+			pod:  &api.PodSandbox{},
+			ctr:  gpuInjected(map[string]string{"cdi.k8s.io/gpu": devGPU}, 195, 1),
+			want: Decision{Keep: []Verdict{{"cdi.k8s.io/gpu", `device "nvidia.com/gpu=0" is not ours and not exactly in the container: "/dev/nvidia0" is c 195:1, its spec says c 195:0`}}},
+		},
+		{
+			name: "another vendor's device without pinned numbers, node and env present: removed",
+			pod:  &api.PodSandbox{},
+			ctr: func() *api.Container {
+				c := injected(map[string]string{"cdi.k8s.io/net": "example.com/net=eth1"}, &api.LinuxDevice{Path: "/dev/net/tun", Type: "c", Major: 10, Minor: 200})
+				c.Env = append(c.Env, "EXAMPLE_NET=eth1")
+				return c
+			}(),
+			want: Decision{Remove: []Verdict{{"cdi.k8s.io/net", "its devices are already in the container: example.com/net=eth1"}}},
+		},
+		{
+			name: "another vendor's device with hooks: cannot be verified, kept",
+			pod:  &api.PodSandbox{},
+			ctr: func() *api.Container {
+				c := injected(map[string]string{"cdi.k8s.io/net": "example.com/net=hooked"})
+				c.Env = append(c.Env, "EXAMPLE_HOOKED=1")
+				return c
+			}(),
+			want: Decision{Keep: []Verdict{{"cdi.k8s.io/net", `device "example.com/net=hooked" is not ours and not exactly in the container: its hooks cannot be checked`}}},
+		},
+		{
+			name: "our vendor in a spec file we did not write: not ours",
+			pod:  &api.PodSandbox{Annotations: map[string]string{"cdi.k8s.io/x": "sriov-cdi.io/other=x"}},
+			ctr:  injected(map[string]string{"cdi.k8s.io/x": "sriov-cdi.io/other=x"}),
+			want: Decision{Keep: []Verdict{{"cdi.k8s.io/x", `device "sriov-cdi.io/other=x" is not ours and not in the container yet`}}},
+		},
+		{
+			name: "ours and another vendor's in one annotation carried by the sandbox: kept for the other's sake",
+			pod:  &api.PodSandbox{Annotations: map[string]string{"cdi.k8s.io/mix": devVF0 + "," + devGPU}},
+			ctr:  injected(map[string]string{"cdi.k8s.io/mix": devVF0 + "," + devGPU}),
+			want: Decision{Keep: []Verdict{{"cdi.k8s.io/mix", `device "nvidia.com/gpu=0" is not ours and not in the container yet`}}},
+		},
+		{
+			name: "two entries for one path with different numbers: a conflict, not folded",
+			pod:  &api.PodSandbox{},
+			ctr:  injected(nil, dev("/dev/vfio/41", 2)),
+			want: Decision{Conflicts: []Conflict{{Path: "/dev/vfio/41", Entries: []*api.LinuxDevice{dev("/dev/vfio/41", 1), dev("/dev/vfio/41", 2)}}}},
+		},
+		{
+			name: "same numbers, different mode: not an exact duplicate, a conflict",
+			pod:  &api.PodSandbox{},
+			ctr: injected(nil, &api.LinuxDevice{Path: "/dev/vfio/41", Type: "c", Major: 243, Minor: 1,
+				FileMode: &api.OptionalFileMode{Value: 0o666}}),
+			want: Decision{Conflicts: []Conflict{{Path: "/dev/vfio/41", Entries: []*api.LinuxDevice{dev("/dev/vfio/41", 1),
+				{Path: "/dev/vfio/41", Type: "c", Major: 243, Minor: 1, FileMode: &api.OptionalFileMode{Value: 0o666}}}}}},
+		},
+		{
+			name: "another vendor's device at a conflicting path: kept, and the conflict reported",
+			pod:  &api.PodSandbox{},
+			ctr: func() *api.Container {
+				c := gpuInjected(map[string]string{"cdi.k8s.io/gpu": devGPU}, 195, 0)
+				c.Linux.Devices = append(c.Linux.Devices, &api.LinuxDevice{Path: "/dev/nvidia0", Type: "c", Major: 195, Minor: 1})
+				return c
+			}(),
+			want: Decision{
+				Keep: []Verdict{{"cdi.k8s.io/gpu", `device "nvidia.com/gpu=0" is not ours and not exactly in the container: "/dev/nvidia0" is listed with conflicting entries`}},
+				Conflicts: []Conflict{{Path: "/dev/nvidia0", Entries: []*api.LinuxDevice{
+					{Path: "/dev/nvidia0", Type: "c", Major: 195, Minor: 0}, {Path: "/dev/nvidia0", Type: "c", Major: 195, Minor: 1}}}},
+			},
 		},
 		{
 			name: "nothing to do",
@@ -138,11 +293,11 @@ func TestDecide(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var devices cdi.Resolver = cache
+			var specs Specs = cache
 			if tt.noCache {
-				devices = nil
+				specs = nil
 			}
-			got := Decide(tt.pod, tt.ctr, devices)
+			got := Decide(tt.pod, tt.ctr, specs, tt.policy)
 			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("Decide() (-want +got):\n%s", diff)
 			}
@@ -161,5 +316,31 @@ func TestDecisionAdjustment(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
 		t.Errorf("Adjustment() (-want +got):\n%s", diff)
+	}
+}
+
+func TestOurs(t *testing.T) {
+	cache := testCache(t)
+	tests := []struct {
+		name  string
+		specs Specs
+		kind  string
+		want  bool
+	}{
+		{"a spec the writer wrote", cache, "sriov-cdi.io/vf", true},
+		{"an older YAML spec of ours with another prefix", cache, "intel.com/legacy", true},
+		{"our vendor in a file we did not write", cache, "sriov-cdi.io/other", false},
+		{"another vendor with a prefix one of our pools uses", cache, "intel.com/gpu", false},
+		{"another vendor", cache, "nvidia.com/gpu", false},
+		{"no spec of that kind", cache, "sriov-cdi.io/gone", false},
+		{"not a kind", cache, "vf", false},
+		{"no cache", nil, "sriov-cdi.io/vf", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Ours(tt.specs, tt.kind); got != tt.want {
+				t.Errorf("Ours(%q) = %v, want %v", tt.kind, got, tt.want)
+			}
+		})
 	}
 }

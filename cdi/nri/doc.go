@@ -9,10 +9,19 @@
 // own devices from the CRI device list. CDI injection happens before NRI, so
 // at CreateContainer this plugin sees the final device list and removes:
 //
-//   - each cdi.k8s.io/* annotation the pod sandbox also carries (the sandbox
-//     has it: the devices were cold-plugged with the sandbox), and each one
-//     whose devices are all already in the container (cdi.Contents.Has);
-//   - duplicate device entries (same container path).
+//   - each cdi.k8s.io/* annotation naming only our devices that the pod
+//     sandbox also carries (the devices were cold-plugged with the
+//     sandbox), or whose devices are all already in the container
+//     (cdi.Contents.Has). Ours are the kinds whose spec file sriov-cdi wrote
+//     (Ours: the file is named cdi.SpecFileName(kind)), read from the same
+//     spec directories the runtime reads, so the set follows the config;
+//   - another vendor's annotation only when each of its devices is exactly
+//     in the container already (nodes with the numbers its spec pins,
+//     variables, mounts). Policy.AllVendors (opt-in) treats every vendor's
+//     annotations like ours;
+//   - identical duplicate device entries (same path, same entry). Entries
+//     for one path that differ (another major:minor, mode or owner) are a
+//     Conflict: logged, left as they are.
 //
 // Decide is the whole decision, a pure function; the Plugin only logs and
 // returns it. The plugin never adds anything, never touches the sandbox

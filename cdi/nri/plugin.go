@@ -11,8 +11,6 @@ import (
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
 	"go.uber.org/zap"
-
-	"github.com/sriov-cdi/sriov-cdi/cdi"
 )
 
 // Defaults of Options.
@@ -38,30 +36,35 @@ type Options struct {
 	// Dial connects to SocketPath; nil dials the Unix socket. Tests use it
 	// to cut the connection as a runtime restart would.
 	Dial func(path string) (net.Conn, error)
+	// AllVendors acts on every vendor's cdi.k8s.io/* annotations, not only
+	// on ours (Policy.AllVendors).
+	AllVendors bool
 }
 
 // Plugin handles CreateContainer.
 type Plugin struct {
-	log     *zap.Logger
-	devices cdi.Resolver
+	log    *zap.Logger
+	specs  Specs
+	policy Policy
 }
 
 var _ stub.CreateContainerInterface = (*Plugin)(nil)
 
-// NewPlugin returns the plugin. devices resolves CDI device names (a
-// *cdi.Cache of the CDI library over the runtime's spec directories);
-// nil limits the plugin to the sandbox rule and duplicate devices.
-func NewPlugin(log *zap.Logger, devices cdi.Resolver) *Plugin {
+// NewPlugin returns the plugin. specs resolves CDI device names and tells
+// which kinds are ours (a *cdi.Cache of the CDI library over the runtime's
+// spec directories); nil limits the plugin to folding identical device
+// entries (and, with p.AllVendors, the sandbox rule).
+func NewPlugin(log *zap.Logger, specs Specs, p Policy) *Plugin {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Plugin{log: log, devices: devices}
+	return &Plugin{log: log, specs: specs, policy: p}
 }
 
 // CreateContainer implements stub.CreateContainerInterface.
 func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
-	d := Decide(pod, ctr, p.devices)
-	if d.Empty() && len(d.Keep) == 0 {
+	d := Decide(pod, ctr, p.specs, p.policy)
+	if d.Empty() && len(d.Keep) == 0 && len(d.Conflicts) == 0 {
 		return nil, nil, nil
 	}
 	log := p.log.With(zap.String("pod", pod.GetNamespace()+"/"+pod.GetName()), zap.String("container", ctr.GetName()))
@@ -74,6 +77,13 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 	for _, dev := range d.Dedupe {
 		log.Info("folding duplicate device entries", zap.String("device", dev.Path))
 	}
+	for _, c := range d.Conflicts {
+		entries := make([]string, len(c.Entries))
+		for i, e := range c.Entries {
+			entries[i] = describe(e)
+		}
+		log.Warn("conflicting entries for one device path; left as they are", zap.String("device", c.Path), zap.Strings("entries", entries))
+	}
 	if d.Extra > 0 {
 		log.Warn("device listed more than twice; one adjustment folds only one duplicate per path", zap.Int("left", d.Extra))
 	}
@@ -84,7 +94,7 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 // reconnecting (with backoff) when the runtime restarts or is not up yet.
 // When the runtime launched the plugin itself (NRI_PLUGIN_SOCKET is set),
 // a lost connection ends Run with an error: the runtime restarts it.
-func Run(ctx context.Context, log *zap.Logger, devices cdi.Resolver, o Options) error {
+func Run(ctx context.Context, log *zap.Logger, specs Specs, o Options) error {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -101,7 +111,7 @@ func Run(ctx context.Context, log *zap.Logger, devices cdi.Resolver, o Options) 
 		o.RetryInterval = time.Second
 	}
 	launched := os.Getenv(api.PluginSocketEnvVar) != ""
-	p := NewPlugin(log, devices)
+	p := NewPlugin(log, specs, Policy{AllVendors: o.AllVendors})
 	delay := o.RetryInterval
 	for {
 		opts := []stub.Option{stub.WithLogger(nriLogger{log.Sugar()})}
@@ -143,6 +153,22 @@ func Run(ctx context.Context, log *zap.Logger, devices cdi.Resolver, o Options) 
 		}
 		delay = min(delay*2, maxRetryInterval)
 	}
+}
+
+// describe is a device entry for the log: "c 243:1", then the mode and
+// owner where set.
+func describe(d *api.LinuxDevice) string {
+	s := fmt.Sprintf("%s %d:%d", d.Type, d.Major, d.Minor)
+	if m := d.GetFileMode(); m != nil {
+		s += fmt.Sprintf(" mode=%#o", m.GetValue())
+	}
+	if u := d.GetUid(); u != nil {
+		s += fmt.Sprintf(" uid=%d", u.GetValue())
+	}
+	if g := d.GetGid(); g != nil {
+		s += fmt.Sprintf(" gid=%d", g.GetValue())
+	}
+	return s
 }
 
 // nriLogger adapts zap to the NRI stub's logger.

@@ -2,6 +2,7 @@ package nri
 
 import (
 	"context"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,7 +14,10 @@ import (
 	"github.com/containerd/nri/pkg/api"
 	nrilog "github.com/containerd/nri/pkg/log"
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/protobuf/testing/protocmp"
 )
 
@@ -154,4 +158,51 @@ func (quiet) Errorf(context.Context, string, ...any) {}
 func TestMain(m *testing.M) {
 	nrilog.Set(quiet{})
 	os.Exit(m.Run())
+}
+
+// TestCreateContainerDefaultScope: by default the plugin removes only our
+// annotation, leaves another vendor's (which the sandbox also carries)
+// alone, and logs two entries for one device path with different numbers
+// as a conflict instead of folding them.
+func TestCreateContainerDefaultScope(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	p := NewPlugin(zap.New(core), testCache(t), Policy{})
+	ann := map[string]string{"cdi.k8s.io/sriov-cdi.io_pod": devVF0, "cdi.k8s.io/gpu": devGPU}
+	pod := &api.PodSandbox{Id: "pod1", Name: "vm", Namespace: "default", Annotations: ann}
+	ctr := injected(maps.Clone(ann), dev("/dev/vfio/41", 2))
+	adj, updates, err := p.CreateContainer(context.Background(), pod, ctr)
+	if err != nil || updates != nil {
+		t.Fatalf("CreateContainer() = _, %v, %v", updates, err)
+	}
+	want := &api.ContainerAdjustment{Annotations: map[string]string{"-cdi.k8s.io/sriov-cdi.io_pod": ""}}
+	if diff := cmp.Diff(want, adj, protocmp.Transform()); diff != "" {
+		t.Errorf("adjustment (-want +got):\n%s", diff)
+	}
+	type logLine struct {
+		Level   zapcore.Level
+		Message string
+		Fields  map[string]any
+	}
+	var got []logLine
+	for _, e := range logs.All() {
+		f := e.ContextMap()
+		delete(f, "reason")
+		got = append(got, logLine{e.Level, e.Message, f})
+	}
+	ctxFields := func(kv ...any) map[string]any {
+		m := map[string]any{"pod": "default/vm", "container": "app"}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i].(string)] = kv[i+1]
+		}
+		return m
+	}
+	wantLogs := []logLine{
+		{zap.InfoLevel, "removing CDI annotation so it is not injected again", ctxFields("annotation", "cdi.k8s.io/sriov-cdi.io_pod")},
+		{zap.DebugLevel, "keeping CDI annotation", ctxFields("annotation", "cdi.k8s.io/gpu")},
+		{zap.WarnLevel, "conflicting entries for one device path; left as they are", ctxFields("device", "/dev/vfio/41",
+			"entries", []any{"c 243:1", "c 243:2"})},
+	}
+	if diff := cmp.Diff(wantLogs, got); diff != "" {
+		t.Errorf("logs (-want +got):\n%s", diff)
+	}
 }

@@ -83,8 +83,10 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 func WithPollInterval(d time.Duration) Option { return func(o *options) { o.poll = d } }
 
 // WithNetUsage says how to learn which netdevs the host uses; called once
-// per operation. Default: sysfs.LiveNetUsage when the root is the host's
-// (/sys), none otherwise (a fixture has no live network).
+// per operation and must answer from the host as it is now, never from a
+// cache (sysfs.LiveNet.Fresh: one rtnetlink dump). Default: a
+// sysfs.LiveNet when the root is the host's (/sys), none otherwise (a
+// fixture has no live network).
 func WithNetUsage(f func() sysfs.NetUsage) Option { return func(o *options) { o.netUsage = f } }
 
 // WithBlockUsage says how to learn which block devices the host uses;
@@ -120,7 +122,7 @@ func NewManager(root sysfs.Root, statePath string, log *zap.Logger, opts ...Opti
 	if o.netUsage == nil {
 		o.netUsage = func() sysfs.NetUsage { return nil }
 		if host {
-			o.netUsage = func() sysfs.NetUsage { return sysfs.NewLiveNetUsage("/proc") }
+			o.netUsage = sysfs.NewLiveNet().Fresh
 		}
 	}
 	if o.blockUsage == nil {
@@ -206,8 +208,8 @@ func dash(s string) string {
 // Prepare binds every endpoint function of each unit's IOMMU group to
 // vfio-pci and waits for /dev/vfio/<group>. It first refuses any pool not
 // in vfio mode — the one place that keeps kernel pools from ever writing
-// a driver attribute. Then it scans the host again and re-checks the
-// interlocks on every group member; if any unit is refused, nothing is
+// a driver attribute. Then it reads the units' groups again and re-checks
+// the interlocks on every group member; if any unit is refused, nothing is
 // written. Original drivers are recorded in the state file before the
 // first write. Units are bound in parallel; on any failure every function
 // this call touched is rolled back to its original driver and the error
@@ -499,17 +501,24 @@ func (m *Manager) restoreRecords(ctx context.Context, addrs []sysfs.Address, why
 	return errors.Join(errs...)
 }
 
-// check scans the host and applies every interlock to every member of
-// every unit's current IOMMU group. It returns what to change, or an error
-// naming every refused unit.
+// check reads the units' functions again — each, every function now in
+// its IOMMU group, their PFs and netdevs, nothing else on the host — with
+// host network use dumped now, and applies every interlock to every
+// member of every unit's current IOMMU group. It returns what to change,
+// or an error naming every refused unit.
 func (m *Manager) check(pc *config.Pool, units []pool.Unit, target string) ([]unitPlan, error) {
 	var sopts []sysfs.ScanOption
 	if n := m.opts.netUsage(); n != nil {
-		sopts = append(sopts, sysfs.WithNetUsage(n))
+		sopts = append(sopts, sysfs.WithNetUsage(func() sysfs.NetUsage { return n }))
 	}
-	h, err := sysfs.Scan(m.root, sopts...)
+	var addrs []sysfs.Address
+	for _, u := range units {
+		addrs = append(addrs, u.ID)
+		addrs = append(addrs, u.Members...)
+	}
+	h, err := sysfs.ReadGroups(m.root, addrs, sopts...)
 	if err != nil {
-		return nil, fmt.Errorf("rescan before binding: %w", err)
+		return nil, fmt.Errorf("read the units again before binding: %w", err)
 	}
 	block := m.opts.blockUsage()
 	var plans []unitPlan

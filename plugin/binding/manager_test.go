@@ -602,3 +602,96 @@ func TestObserverSeesEveryOperation(t *testing.T) {
 		t.Errorf("observed (-want +got)\n%s", diff)
 	}
 }
+
+// recordingNet answers NetUsage from a map and records every netdev asked
+// about: what the check read.
+type recordingNet struct {
+	mu    sync.Mutex
+	use   map[string]string
+	asked map[string]bool
+	calls int
+}
+
+func (r *recordingNet) usage() sysfs.NetUsage {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	return r
+}
+
+func (r *recordingNet) HostUse(n string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.asked[n] = true
+	return r.use[n]
+}
+
+func (r *recordingNet) set(n, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.use[n] = why
+}
+
+// TestCheckReadsOnlyTheUnit: the check before a bind reads the unit, its
+// group and its PF — not the rest of the host — and sees changes made
+// just before the call (fresh data, every interlock).
+func TestCheckReadsOnlyTheUnit(t *testing.T) {
+	e := newEnv(t, 8)
+	pc, units := e.plan("vf")
+	unit := units[1:2] // 0000:01:00.2, netdev ens0f0v1
+	rec := &recordingNet{use: map[string]string{}, asked: map[string]bool{}}
+	m := e.manager(WithNetUsage(rec.usage))
+	// An unrelated VF vanishes badly (a dangling bus link): a full scan
+	// would warn about it; the check must not even look.
+	if err := os.RemoveAll(e.devDir("0000:01:00.6")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.PlanPrepare(pc, unit); err != nil {
+		t.Fatalf("clean unit refused: %v", err)
+	}
+	if diff := cmp.Diff(map[string]bool{"ens0f0": true, "ens0f0v1": true}, rec.asked); diff != "" {
+		t.Errorf("netdevs read (-want +got)\n%s", diff)
+	}
+
+	for _, step := range []struct {
+		name   string
+		change func()
+		reason string
+	}{
+		{"address added", func() { rec.set("ens0f0v1", "holds address 192.0.2.7") }, "netdev ens0f0v1 holds address 192.0.2.7"},
+		{"address gone", func() { rec.set("ens0f0v1", "") }, ""},
+		{"driver changed", func() {
+			if err := sysfstest.SetDriver(e.dir, "0000:01:00.2", "nvme"); err != nil {
+				t.Fatal(err)
+			}
+		}, "bound to nvme"},
+		{"driver back", func() {
+			if err := sysfstest.SetDriver(e.dir, "0000:01:00.2", "iavf"); err != nil {
+				t.Fatal(err)
+			}
+		}, ""},
+		{"PF joins the group", func() { moveToGroup(e, "0000:01:00.0", unit[0].Group) }, "PF with 8 VFs enabled"},
+	} {
+		step.change()
+		calls := rec.calls
+		_, err := m.PlanPrepare(pc, unit)
+		switch {
+		case step.reason == "" && err != nil:
+			t.Errorf("%s: refused: %v", step.name, err)
+		case step.reason != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), step.reason)):
+			t.Errorf("%s: got %v, want a refusal containing %q", step.name, err, step.reason)
+		}
+		if rec.calls != calls+1 {
+			t.Errorf("%s: network use asked %d times, want once per check", step.name, rec.calls-calls)
+		}
+	}
+}
+
+func (e *env) devDir(a sysfs.Address) string {
+	e.t.Helper()
+	d, err := filepath.EvalSymlinks(e.root.PCIDevicePath(a))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return d
+}

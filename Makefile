@@ -4,7 +4,7 @@ BIN     ?= bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/sriov-cdi/sriov-cdi/cmd/internal/version.Version=$(VERSION)
 
-.PHONY: all build image test vet fmt-check race fuzz bench e2e-kernel e2e-kubelet test-kubelet-client clean
+.PHONY: all build image test vet fmt-check race fuzz bench bench-host e2e-kernel e2e-kubelet test-kubelet-client clean
 
 all: build
 
@@ -40,6 +40,13 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# The production path at 256 / 1,024 / 4,096 VFs: the static binary with the
+# DaemonSet's settings over a synthetic tree bind-mounted on /sys, one link
+# per netdev, in a private mount + network namespace (root only; skipped
+# with a message otherwise). Not part of `make test`: slow and needs root.
+bench-host:
+	bash e2e/bench/host.sh
 
 # Real kubelet device-plugin client code driving our plugin (separate module: k8s.io/kubernetes).
 test-kubelet-client:

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# bench-host: sriov-cdi on the production path at 256 / 1,024 / 4,096 VFs.
+#
+# For each size: a synthetic sysfs tree (sysfstest layout) bind-mounted over
+# /sys inside `unshare --mount --net`, one dummy link per netdev of the tree,
+# the real static binary (make build) started with the DaemonSet's
+# environment, and a kubelet stand-in (e2e/bench/hostbench) that measures
+# start -> every pool listed, Allocate p50/p99 (kernel and vfio pools),
+# uevent and link change -> ListAndWatch update, a quiet rescan's CPU and
+# peak RSS. A second run per size points --sysfs-root at the tree itself
+# (no live checks) for comparison. Prints a markdown table.
+#
+#   SIZES="256 1024"            sizes to run (default 256 1024 4096)
+#   SRIOV_CDI_BIN=/path/binary  measure another build (default: make build)
+#   START_TIMEOUT=10m           give up on a size whose lists take longer
+set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+  echo "bench-host: skipped: needs root (unshare --mount --net, a bind mount over /sys, dummy links)"
+  exit 0
+fi
+if ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then
+  echo "bench-host: skipped: needs iproute2 and util-linux (apt-get install -y iproute2 util-linux)"
+  exit 0
+fi
+cd "$(dirname "$0")/../.."
+GO=${GO:-go}
+bin=${SRIOV_CDI_BIN:-}
+if [ -z "$bin" ]; then
+  make --no-print-directory build >&2
+  bin=$PWD/bin/sriov-cdi
+fi
+work=$(mktemp -d /tmp/bench-host.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+CGO_ENABLED=0 $GO build -o "$work/hostbench" ./e2e/bench/hostbench
+echo "binary: $bin ($("$bin" version 2>/dev/null || echo unknown)); $(nproc) CPUs"
+echo
+"$work/hostbench" -header
+for n in ${SIZES:-256 1024 4096}; do
+  for mode in live no-live; do
+    args=(-bin "$bin" -vfs "$n" -work "$work/$n-$mode" -start-timeout "${START_TIMEOUT:-10m}")
+    [ "$mode" = no-live ] && args+=(-no-live)
+    # A private mount and network namespace: nothing leaks to the host.
+    unshare --mount --net --fork -- "$work/hostbench" "${args[@]}" || echo "| $n | — | $mode | failed (see above) |"
+    rm -rf "$work/$n-$mode"
+  done
+done

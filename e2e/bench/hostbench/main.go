@@ -1,0 +1,609 @@
+// Command hostbench measures sriov-cdi on the production path, as the
+// DaemonSet runs it, on a synthetic host: a sysfs tree written by
+// sysfstest, bind-mounted over /sys, a tmpfs /dev holding the tree's
+// /dev/vfio, one dummy link per netdev of the tree (iproute2), and the
+// real binary started with the DaemonSet's environment. It stands in for
+// kubelet (Registration service, ListAndWatch, Allocate) and prints one
+// markdown table row.
+//
+// It changes mounts and network links: run it only inside a private mount
+// and network namespace (e2e/bench/host.sh runs it under
+// `unshare --mount --net --fork`).
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
+)
+
+const (
+	vfsPerPF = 128
+	vfioVFs  = 64 // VFs 0-63 of PF 0, already bound to vfio-pci
+	vfioPool = "sriov-cdi.io/vf-vfio"
+	kernPool = "sriov-cdi.io/vf-kernel"
+	tick     = 5 * time.Second // the DaemonSet's rescan interval
+)
+
+const config = `pools:
+  - {name: vf-vfio, mode: vfio, selectors: {rootDevices: ["0000:01:00.0#0-63"]}}
+  - {name: vf-kernel, mode: kernel, selectors: {devices: ["154c"], drivers: ["iavf"]}}
+`
+
+func main() {
+	bin := flag.String("bin", "", "the sriov-cdi binary")
+	vfs := flag.Int("vfs", 1024, "number of VFs (a multiple of 128)")
+	work := flag.String("work", "", "work directory (created)")
+	noLive := flag.Bool("no-live", false, "point --sysfs-root/--dev-root at the tree (no live checks) instead of mounting it over /sys")
+	ticks := flag.Int("ticks", 3, "quiet rescan periods to measure CPU over")
+	allocBudget := flag.Duration("alloc-budget", 20*time.Second, "time allowed per Allocate series (at least 3 calls)")
+	flag.DurationVar(&startTimeout, "start-timeout", 10*time.Minute, "give up waiting for every pool's list after this long")
+	printHeader := flag.Bool("header", false, "print the table header and exit")
+	flag.Parse()
+	if *printHeader {
+		fmt.Println(header)
+		return
+	}
+	if *bin == "" || *work == "" || *vfs%vfsPerPF != 0 || *vfs < 2*vfsPerPF {
+		fmt.Fprintln(os.Stderr, "hostbench: -bin, -work and -vfs (a multiple of 128, at least 256) are required")
+		os.Exit(2)
+	}
+	row, err := run(*bin, *work, *vfs, *noLive, *ticks, *allocBudget)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hostbench: %d VFs: %v\n", *vfs, err)
+		os.Exit(1)
+	}
+	fmt.Println(row)
+}
+
+type result struct {
+	vfs, netdevs         int
+	startToLists         time.Duration
+	allocKernel          []time.Duration
+	allocVFIO            []time.Duration
+	allocKernelErr       error
+	allocVFIOErr         error
+	uevent, link         []time.Duration
+	tickCPU              time.Duration
+	specWrites           int
+	hwmKiB               int
+	startTimedOut, noUpd bool
+}
+
+func run(bin, work string, vfs int, noLive bool, ticks int, allocBudget time.Duration) (string, error) {
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return "", err
+	}
+	hostDir := filepath.Join(work, "host")
+	b, netdevs := buildTree(hostDir, vfs/vfsPerPF)
+	if err := b.Write(); err != nil {
+		return "", fmt.Errorf("write tree: %w", err)
+	}
+	sysRoot, devRoot := "/sys", "/dev"
+	if noLive {
+		sysRoot, devRoot = b.Sys(), b.Dev()
+	} else if err := mountHost(work, b.Sys(), b.Dev()); err != nil {
+		return "", err
+	}
+	if err := makeLinks(netdevs); err != nil {
+		return "", err
+	}
+	for _, d := range []string{"dp", "cdi", "devinfo", "cfg", "pod-resources"} {
+		if err := os.MkdirAll(filepath.Join(work, d), 0o755); err != nil {
+			return "", err
+		}
+	}
+	cfg := filepath.Join(work, "cfg", "config.yaml")
+	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
+		return "", err
+	}
+	dp := filepath.Join(work, "dp")
+	k, err := startKubelet(dp)
+	if err != nil {
+		return "", err
+	}
+	defer k.gs.Stop()
+
+	logf, err := os.Create(filepath.Join(work, "plugin.log"))
+	if err != nil {
+		return "", err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "plugin")
+	// The DaemonSet's environment (deployments/helm/sriov-cdi/templates/daemonset.yaml).
+	cmd.Env = append(os.Environ(),
+		"SRIOV_CDI_CONFIG="+cfg,
+		"SRIOV_CDI_SYSFS_ROOT="+sysRoot,
+		"SRIOV_CDI_DEV_ROOT="+devRoot,
+		"SRIOV_CDI_DEVICE_PLUGIN_DIR="+dp,
+		"SRIOV_CDI_CDI_DIR="+filepath.Join(work, "cdi"),
+		"SRIOV_CDI_STATE_FILE="+filepath.Join(work, "state.json"),
+		"SRIOV_CDI_POD_RESOURCES_SOCKET="+filepath.Join(work, "pod-resources", "kubelet.sock"),
+		"SRIOV_CDI_DEVICE_INFO_DIR="+filepath.Join(work, "devinfo"),
+		"SRIOV_CDI_HEALTH_ADDR=:8082",
+		"SRIOV_CDI_RESCAN_INTERVAL="+tick.String(),
+		"SRIOV_CDI_UEVENTS=true",
+		"SRIOV_CDI_LOG_LEVEL=info",
+		"SRIOV_CDI_LOG_FORMAT=json",
+	)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	r := result{vfs: vfs, netdevs: len(netdevs)}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	defer func() {
+		cmd.Process.Signal(unix.SIGTERM)
+		cmd.Wait()
+	}()
+	want := map[string]int{vfioPool: vfioVFs, kernPool: vfs - vfioVFs}
+	streams, err := k.waitLists(want, start.Add(startTimeout))
+	if err != nil {
+		if errors.Is(err, errTimeout) {
+			r.startTimedOut = true
+			r.hwmKiB = vmHWM(cmd.Process.Pid)
+			return r.row(noLive), nil
+		}
+		return "", err
+	}
+	r.startToLists = time.Since(start)
+
+	ids := func(res string) []string { return streams[res].firstIDs }
+	r.allocKernel, r.allocKernelErr = allocate(streams[kernPool].client, ids(kernPool), allocBudget)
+	r.allocVFIO, r.allocVFIOErr = allocate(streams[vfioPool].client, ids(vfioPool), allocBudget)
+	if !noLive {
+		ks := streams[kernPool]
+		// A VF of PF 1 loses and regains its driver, announced by a kernel
+		// uevent (sent into this network namespace, as the kernel would).
+		vf := fmt.Sprintf("0000:02:%02x.%d", 1/8, 1%8)
+		r.uevent = changeToUpdate(ks, 10, func(i int) error {
+			driver, action := "", "unbind"
+			if i%2 == 1 {
+				driver, action = "iavf", "bind"
+			}
+			if err := sysfstest.SetDriver(hostDir, vf, driver); err != nil {
+				return err
+			}
+			return sendUevent(action, b.Sys(), vf)
+		})
+		// PF 1's link goes down and up: rtnetlink only, no kobject uevent.
+		// The tree's operstate file is changed too, as the kernel would.
+		r.link = changeToUpdate(ks, 10, func(i int) error {
+			state := "down"
+			if i%2 == 1 {
+				state = "up"
+			}
+			if err := setOperState(hostDir, "0000:02:00.0", "ens1f0", state); err != nil {
+				return err
+			}
+			return ipBatch("link set ens1f0 " + state + "\n")
+		})
+	}
+
+	// A quiet host: nothing changes for a few rescan periods.
+	time.Sleep(tick + time.Second)
+	cdiBefore := mtimes(filepath.Join(work, "cdi"))
+	cpu0 := cpuTime(cmd.Process.Pid)
+	time.Sleep(time.Duration(ticks) * tick)
+	r.tickCPU = (cpuTime(cmd.Process.Pid) - cpu0) / time.Duration(ticks)
+	cdiAfter := mtimes(filepath.Join(work, "cdi"))
+	for name, t := range cdiAfter {
+		if !cdiBefore[name].Equal(t) {
+			r.specWrites++
+		}
+	}
+	r.hwmKiB = vmHWM(cmd.Process.Pid)
+	return r.row(noLive), nil
+}
+
+func (r result) row(noLive bool) string {
+	mode := "/sys (live)"
+	if noLive {
+		mode = "tree (no live checks)"
+	}
+	if r.startTimedOut {
+		return fmt.Sprintf("| %d | %d | %s | > %v | — | — | — | — | — | %.1f |", r.vfs, r.netdevs, mode, startTimeout, float64(r.hwmKiB)/1024)
+	}
+	return fmt.Sprintf("| %d | %d | %s | %s | %s | %s | %s | %s | %s (%d spec writes) | %.1f |",
+		r.vfs, r.netdevs, mode, ms(r.startToLists), pct(r.allocKernel)+failed(r.allocKernelErr), pct(r.allocVFIO)+failed(r.allocVFIOErr), pct(r.uevent), pct(r.link),
+		ms(r.tickCPU), r.specWrites, float64(r.hwmKiB)/1024)
+}
+
+const header = "| VFs | netdevs | sysfs | start → all lists | Allocate kernel p50 / p99 (n) | Allocate vfio p50 / p99 (n) | uevent → list p50 / p99 (n) | link down/up → list p50 / p99 (n) | quiet 5 s tick CPU | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|"
+
+func failed(err error) string {
+	if err == nil {
+		return ""
+	}
+	fmt.Fprintf(os.Stderr, "hostbench: %v\n", err)
+	if status.Code(err) == codes.DeadlineExceeded {
+		return "; then one over 60 s (deadline)"
+	}
+	return "; then one failed"
+}
+
+func ms(d time.Duration) string {
+	switch {
+	case d >= 10*time.Second:
+		return fmt.Sprintf("%.1f s", d.Seconds())
+	case d >= time.Second:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	default:
+		return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)
+	}
+}
+
+func pct(lat []time.Duration) string {
+	if len(lat) == 0 {
+		return "—"
+	}
+	s := slices.Clone(lat)
+	slices.Sort(s)
+	p := func(q int) time.Duration { return s[min(len(s)-1, (len(s)*q+99)/100-1)] }
+	return fmt.Sprintf("%s / %s (%d)", ms(p(50)), ms(p(99)), len(s))
+}
+
+// buildTree is sysfstest.SRIOVNICHost's layout (X710-class PFs behind ACS
+// root ports, one IOMMU group per VF) with VFs 0-63 of PF 0 bound to
+// vfio-pci (no netdev, /dev/vfio/<group> present). It returns the netdev
+// names.
+func buildTree(dir string, pfs int) (*sysfstest.Builder, []string) {
+	b := sysfstest.New(dir)
+	var netdevs []string
+	group := 0
+	next := func() string { group++; return strconv.Itoa(group) }
+	b.Add(sysfstest.Function{Addr: "0000:00:00.0", Vendor: "8086", Device: "29c0", Class: "060000", NUMA: -1, Group: next()})
+	for i := range pfs {
+		port := fmt.Sprintf("0000:00:%02x.0", i+1)
+		b.Add(sysfstest.Function{Addr: port, Vendor: "1b36", Device: "000c", Class: "060400", Driver: "pcieport", NUMA: i % 2, Group: next()})
+		bus := i + 1
+		pfNet := fmt.Sprintf("ens%df0", i)
+		netdevs = append(netdevs, pfNet)
+		pf := sysfstest.Function{
+			Addr: fmt.Sprintf("0000:%02x:00.0", bus), Vendor: "8086", Device: "1572", Driver: "i40e",
+			NUMA: i % 2, Group: next(), Parent: port, TotalVFs: vfsPerPF, Autoprobe: true,
+			Netdevs: []sysfstest.Netdev{{Name: pfNet, OperState: "up", Carrier: true}},
+		}
+		vfs := make([]sysfstest.Function, vfsPerPF)
+		for n := range vfsPerPF {
+			fn := n + 1
+			vf := sysfstest.Function{
+				Addr: fmt.Sprintf("0000:%02x:%02x.%d", bus, fn/8, fn%8), Vendor: "8086", Device: "154c", Driver: "iavf",
+				NUMA: i % 2, Group: next(),
+			}
+			if i == 0 && n < vfioVFs {
+				vf.Driver, vf.DriverOverride = "vfio-pci", "vfio-pci"
+			} else {
+				name := fmt.Sprintf("ens%df0v%d", i, n)
+				vf.Netdevs = []sysfstest.Netdev{{Name: name, OperState: "up", Carrier: true}}
+				netdevs = append(netdevs, name)
+			}
+			vfs[n] = vf
+		}
+		b.AddPF(pf, vfs...)
+	}
+	return b, netdevs
+}
+
+// mountHost puts the tree over /sys and a tmpfs /dev (the real null, zero,
+// random and urandom bound in, the tree's vfio/ copied) in this private
+// mount namespace.
+func mountHost(work, sys, dev string) error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private (run inside unshare --mount): %w", err)
+	}
+	if err := unix.Mount(sys, "/sys", "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %q over /sys: %w", sys, err)
+	}
+	realDev := filepath.Join(work, "realdev")
+	if err := os.MkdirAll(realDev, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("/dev", realDev, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("keep /dev: %w", err)
+	}
+	if err := unix.Mount("tmpfs", "/dev", "tmpfs", 0, "mode=755"); err != nil {
+		return fmt.Errorf("tmpfs on /dev: %w", err)
+	}
+	for _, n := range []string{"null", "zero", "random", "urandom"} {
+		p := filepath.Join("/dev", n)
+		if err := os.WriteFile(p, nil, 0o666); err != nil {
+			return err
+		}
+		if err := unix.Mount(filepath.Join(realDev, n), p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind /dev/%s: %w", n, err)
+		}
+	}
+	if err := os.MkdirAll("/dev/vfio", 0o755); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(filepath.Join(dev, "vfio"))
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			if err := os.WriteFile(filepath.Join("/dev/vfio", e.Name()), nil, 0o600); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// makeLinks creates one link per netdev (dummy, or ifb on kernels without
+// the dummy driver), brings lo up and gives the first PF an address and the
+// default route (the host's own uplink).
+func makeLinks(names []string) error {
+	kind := "dummy"
+	if ipBatch("link add probe0 type dummy\nlink del probe0\n") != nil {
+		kind = "ifb"
+	}
+	var sb strings.Builder
+	sb.WriteString("link set lo up\n")
+	for _, n := range names {
+		fmt.Fprintf(&sb, "link add %s type %s\n", n, kind)
+	}
+	fmt.Fprintf(&sb, "link set %s up\naddr add 192.0.2.1/24 dev %s\nroute add default via 192.0.2.254 dev %s\n", names[0], names[0], names[0])
+	fmt.Fprintf(&sb, "link set %s up\n", "ens1f0")
+	return ipBatch(sb.String())
+}
+
+func ipBatch(script string) error {
+	cmd := exec.Command("ip", "-batch", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ip -batch: %w: %s", err, out)
+	}
+	return nil
+}
+
+// sendUevent broadcasts a kernel-format uevent for a PCI function in this
+// network namespace (needs CAP_NET_ADMIN in it).
+func sendUevent(action, sys, addr string) error {
+	canon, err := filepath.EvalSymlinks(filepath.Join(sys, "bus", "pci", "devices", addr))
+	if err != nil {
+		return err
+	}
+	rel, err := filepath.Rel(sys, canon)
+	if err != nil {
+		return err
+	}
+	devpath := "/" + rel
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_KOBJECT_UEVENT)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	msg := strings.Join([]string{action + "@" + devpath, "ACTION=" + action, "DEVPATH=" + devpath, "SUBSYSTEM=pci", "DRIVER=iavf", "PCI_SLOT_NAME=" + addr, "SEQNUM=1"}, "\x00") + "\x00"
+	return unix.Sendto(fd, []byte(msg), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1})
+}
+
+func setOperState(hostDir, addr, netdev, state string) error {
+	canon, err := filepath.EvalSymlinks(filepath.Join(hostDir, "sys", "bus", "pci", "devices", addr))
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(canon, "net", netdev, "operstate"), []byte(state+"\n"), 0o444)
+}
+
+// changeToUpdate makes n changes and times each to the next list on s; a
+// change with no update within two rescan periods counts as that long.
+func changeToUpdate(s *stream, n int, change func(i int) error) []time.Duration {
+	var lat []time.Duration
+	for i := range n {
+		s.drain()
+		start := time.Now()
+		if err := change(i); err != nil {
+			fmt.Fprintf(os.Stderr, "hostbench: change: %v\n", err)
+			return nil
+		}
+		select {
+		case <-s.updates:
+			lat = append(lat, time.Since(start))
+		case <-time.After(2 * tick):
+			lat = append(lat, 2*tick)
+		}
+		time.Sleep(100 * time.Millisecond) // settle (debounce) before the next change
+	}
+	return lat
+}
+
+func allocate(c pluginapi.DevicePluginClient, ids []string, budget time.Duration) ([]time.Duration, error) {
+	var lat []time.Duration
+	deadline := time.Now().Add(budget)
+	for i := 0; i < 50 && (i < 3 || time.Now().Before(deadline)); i++ {
+		id := ids[i%len(ids)]
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		start := time.Now()
+		_, err := c.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{id}}}})
+		cancel()
+		if err != nil {
+			return lat, fmt.Errorf("allocate %s: %w", id, err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	return lat, nil
+}
+
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)        // field 14
+	st, _ := strconv.ParseInt(f[12], 10, 64)        // field 15
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+func vmHWM(pid int) int {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return kb
+		}
+	}
+	return 0
+}
+
+func mtimes(dir string) map[string]time.Time {
+	out := map[string]time.Time{}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil {
+			out[e.Name()] = fi.ModTime()
+		}
+	}
+	return out
+}
+
+// kubelet is the Registration service and kubelet's side of each plugin.
+type kubelet struct {
+	pluginapi.UnimplementedRegistrationServer
+	dir string
+	gs  *grpc.Server
+	ch  chan *pluginapi.RegisterRequest
+}
+
+var errTimeout = errors.New("timed out")
+
+var startTimeout time.Duration
+
+func startKubelet(dir string) (*kubelet, error) {
+	lis, err := net.Listen("unix", filepath.Join(dir, "kubelet.sock"))
+	if err != nil {
+		return nil, err
+	}
+	k := &kubelet{dir: dir, gs: grpc.NewServer(), ch: make(chan *pluginapi.RegisterRequest, 16)}
+	pluginapi.RegisterRegistrationServer(k.gs, k)
+	go k.gs.Serve(lis)
+	return k, nil
+}
+
+func (k *kubelet) Register(ctx context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
+	c, err := dial(filepath.Join(k.dir, r.Endpoint))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.GetDevicePluginOptions(ctx, &pluginapi.Empty{}); err != nil {
+		return nil, err
+	}
+	k.ch <- r
+	return &pluginapi.Empty{}, nil
+}
+
+func dial(sock string) (pluginapi.DevicePluginClient, error) {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	return pluginapi.NewDevicePluginClient(conn), nil
+}
+
+type stream struct {
+	client   pluginapi.DevicePluginClient
+	firstIDs []string
+	updates  chan struct{}
+}
+
+func (s *stream) drain() {
+	for {
+		select {
+		case <-s.updates:
+		default:
+			return
+		}
+	}
+}
+
+// waitLists registers every pool in want, runs ListAndWatch on each and
+// returns once each has listed the wanted number of devices.
+func (k *kubelet) waitLists(want map[string]int, deadline time.Time) (map[string]*stream, error) {
+	out := map[string]*stream{}
+	var mu sync.Mutex
+	full := make(chan string, 16)
+	for len(out) < len(want) {
+		var r *pluginapi.RegisterRequest
+		select {
+		case r = <-k.ch:
+		case <-time.After(time.Until(deadline)):
+			return nil, errTimeout
+		}
+		c, err := dial(filepath.Join(k.dir, r.Endpoint))
+		if err != nil {
+			return nil, err
+		}
+		lw, err := c.ListAndWatch(context.Background(), &pluginapi.Empty{})
+		if err != nil {
+			return nil, err
+		}
+		s := &stream{client: c, updates: make(chan struct{}, 64)}
+		out[r.ResourceName] = s
+		res := r.ResourceName
+		go func() {
+			announced := false
+			for {
+				resp, err := lw.Recv()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				if s.firstIDs == nil || !announced {
+					s.firstIDs = s.firstIDs[:0]
+					for _, d := range resp.Devices {
+						s.firstIDs = append(s.firstIDs, d.ID)
+					}
+				}
+				n := len(resp.Devices)
+				mu.Unlock()
+				if !announced && n >= want[res] {
+					announced = true
+					full <- res
+					continue
+				}
+				if announced {
+					select {
+					case s.updates <- struct{}{}:
+					default:
+					}
+				}
+			}
+		}()
+	}
+	for range want {
+		select {
+		case <-full:
+		case <-time.After(time.Until(deadline)):
+			return nil, errTimeout
+		}
+	}
+	return out, nil
+}

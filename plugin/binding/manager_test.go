@@ -444,7 +444,7 @@ func TestReconcile(t *testing.T) {
 	e := newEnv(t, 4)
 	// A previous process: 01:00.1 was being bound and is driverless with
 	// the override set; 01:00.2 is bound and done; 01:00.3 was being
-	// restored and sits on vfio-pci; 01:00.9 no longer exists.
+	// restored and sits on vfio-pci; 01:00.7 no longer exists.
 	if err := sysfstest.SetDriver(e.dir, "0000:01:00.1", ""); err != nil {
 		t.Fatal(err)
 	}
@@ -462,7 +462,7 @@ func TestReconcile(t *testing.T) {
 		return &Record{Address: sysfs.Address(a), Unit: sysfs.Address(a), Pool: "vf", Original: iavf, Target: "vfio-pci", Phase: p, Origin: OriginAllocate}
 	}
 	st := stateData{Version: stateVersion, Op: &Op{Kind: "bind", Devices: []sysfs.Address{"0000:01:00.1"}, PID: 1},
-		Devices: []*Record{rec("0000:01:00.1", PhaseChanging), rec("0000:01:00.2", PhaseDone), rec("0000:01:00.3", PhaseRestoring), rec("0000:01:00.9", PhaseChanging)}}
+		Devices: []*Record{rec("0000:01:00.1", PhaseChanging), rec("0000:01:00.2", PhaseDone), rec("0000:01:00.3", PhaseRestoring), rec("0000:01:00.7", PhaseChanging)}}
 	writeState(t, e.state, st)
 
 	m := e.manager()

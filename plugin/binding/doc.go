@@ -15,8 +15,10 @@
 // Manager.Prepare is the one place that enforces it. All writes go through
 // sysfs.Binder.
 //
-// Wiring, in the plugin: m, err := NewManager(root, statePath, log) at
-// start (it reconciles); ForAllocate{m} as the Allocate Preparer (kernel
+// Wiring, in the plugin: m, err := NewManager(root, statePath, log,
+// WithContext(ctx), DegradeOnBadStateFile()) at start (it reconciles; an
+// unusable state file turns vfio binding off with the reason, Unusable,
+// and kernel pools serve on); ForAllocate{m} as the Allocate Preparer (kernel
 // pools pass through untouched); NewWatcher(m, client, log, 0, 0).Run(ctx)
 // with a client from DialPodResources(DefaultPodResourcesSocket). Crash
 // tests and the e2e lab stop a process between two writes with the

@@ -41,6 +41,9 @@ type Manager struct {
 
 	sem   chan struct{} // one operation at a time; a channel so waits can end with a context
 	state *stateFile
+	// unusable: the state file could not be loaded at start (with
+	// DegradeOnBadStateFile); every operation fails with it.
+	unusable error
 }
 
 type options struct {
@@ -56,7 +59,16 @@ type options struct {
 	now        func() time.Time
 	observe    func(op string, d time.Duration, err error)
 	ctx        context.Context
+	degrade    bool
 }
+
+// DegradeOnBadStateFile makes NewManager return a Manager even when the
+// state file is unusable (ErrStateFile: truncated, corrupt, invalid): it
+// logs the reason once, writes nothing, and fails every operation with
+// the reason (Unusable), so that a plugin keeps serving its kernel pools
+// (which never write driver attributes) while its vfio pools refuse.
+// Without it NewManager fails, as the operator commands want.
+func DegradeOnBadStateFile() Option { return func(o *options) { o.degrade = true } }
 
 // WithContext bounds NewManager's wait for the state lock (held by another
 // sriov-cdi process) and its reconciliation: once ctx ends (Ctrl-C),
@@ -152,6 +164,14 @@ func NewManager(root sysfs.Root, statePath string, log *zap.Logger, opts ...Opti
 		log.Warn("fault hook armed", zap.String("fault", spec))
 	}
 	st, err := loadState(statePath)
+	if err != nil && o.degrade && errors.Is(err, ErrStateFile) {
+		log.Error("state file unusable: vfio pools refuse every Allocate, kernel pools serve, nothing is restored on release",
+			zap.String("path", statePath), zap.Error(err),
+			zap.String("fix", fmt.Sprintf("inspect and repair or remove %s, run `sriov-cdi restore --all` after repair, then restart the plugin", statePath)))
+		m := &Manager{root: root, binder: sysfs.NewBinder(root, bopts...), log: log, opts: o, sem: make(chan struct{}, 1),
+			state: &stateFile{path: statePath, data: stateData{Version: stateVersion}}, unusable: err}
+		return m, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -169,6 +189,10 @@ func NewManager(root sysfs.Root, statePath string, log *zap.Logger, opts ...Opti
 }
 
 type refuseWriter struct{}
+
+// Unusable returns why every operation fails (the state file could not be
+// loaded at start, see DegradeOnBadStateFile), or nil.
+func (m *Manager) Unusable() error { return m.unusable }
 
 func (refuseWriter) WriteAttr(path, _ string) error {
 	return fmt.Errorf("write %q: %w", path, ErrReadOnly)
@@ -807,6 +831,9 @@ func (m *Manager) settleLeftovers(ctx context.Context) {
 // error (wrapped) and must write nothing. The returned func ends the
 // operation.
 func (m *Manager) begin(ctx context.Context, write bool) (func(), error) {
+	if m.unusable != nil {
+		return nil, fmt.Errorf("vfio binding is off: %w", m.unusable)
+	}
 	select {
 	case m.sem <- struct{}{}:
 	case <-ctx.Done():

@@ -90,6 +90,24 @@ type stateFile struct {
 	data stateData
 }
 
+// ErrStateFile is returned (wrapped) when the state file cannot be used:
+// unreadable, corrupt (truncated), another version, or a record that fails
+// validation. Nothing was written.
+var ErrStateFile = errors.New("state file unusable")
+
+// stateFileError is a loadState failure: it names the file and says what
+// to do, and matches ErrStateFile.
+type stateFileError struct {
+	path string
+	err  error
+}
+
+func (e *stateFileError) Error() string {
+	return fmt.Sprintf("state file %q is unusable, nothing was written: %v; inspect and repair or remove %s, and run `sriov-cdi restore --all` after repair", e.path, e.err, e.path)
+}
+func (e *stateFileError) Unwrap() error        { return e.err }
+func (e *stateFileError) Is(target error) bool { return target == ErrStateFile }
+
 func loadState(path string) (*stateFile, error) {
 	s := &stateFile{path: path, data: stateData{Version: stateVersion}}
 	b, err := os.ReadFile(path)
@@ -97,19 +115,19 @@ func loadState(path string) (*stateFile, error) {
 		return s, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read state file: %w", err)
+		return nil, &stateFileError{path, fmt.Errorf("read: %w", err)}
 	}
 	if len(strings.TrimSpace(string(b))) == 0 {
 		return s, nil
 	}
 	if err := json.Unmarshal(b, &s.data); err != nil {
-		return nil, fmt.Errorf("state file %q is corrupt (check drivers with `sriov-cdi discover`, then fix or remove it): %w", path, err)
+		return nil, &stateFileError{path, fmt.Errorf("corrupt (truncated?): %w", err)}
 	}
 	if s.data.Version != stateVersion {
-		return nil, fmt.Errorf("state file %q has version %d, this sriov-cdi reads version %d", path, s.data.Version, stateVersion)
+		return nil, &stateFileError{path, fmt.Errorf("version %d, this sriov-cdi reads version %d", s.data.Version, stateVersion)}
 	}
 	if err := s.data.validate(); err != nil {
-		return nil, fmt.Errorf("state file %q is refused, nothing was written (inspect/repair or remove it, then run `sriov-cdi restore --all`): %w", path, err)
+		return nil, &stateFileError{path, fmt.Errorf("refused: %w", err)}
 	}
 	return s, nil
 }

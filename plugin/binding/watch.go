@@ -68,6 +68,10 @@ func NewWatcher(m *Manager, lister PodLister, log *zap.Logger, interval, grace t
 // Run polls until ctx ends. A failed poll (kubelet restarting) is logged
 // and releases nothing.
 func (w *Watcher) Run(ctx context.Context) error {
+	if err := w.m.Unusable(); err != nil {
+		w.log.Warn("release watcher off: the state file is unusable, nothing is restored on release", zap.Error(err))
+		return nil
+	}
 	t := time.NewTicker(w.interval)
 	defer t.Stop()
 	for {

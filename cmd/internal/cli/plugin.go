@@ -118,7 +118,7 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 	opts.Specs = cdi.PlanSyncer{W: w, Root: opts.Root}
 
 	mt := opts.Metrics
-	bopts := []binding.Option{binding.WithContext(ctx), binding.WithObserver(func(op string, d time.Duration, err error) {
+	bopts := []binding.Option{binding.WithContext(ctx), binding.DegradeOnBadStateFile(), binding.WithObserver(func(op string, d time.Duration, err error) {
 		result := "ok"
 		if err != nil {
 			result = "error"

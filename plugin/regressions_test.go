@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,4 +124,21 @@ func (h *harness) inPool(t testing.TB, pool, id string) bool {
 	defer h.mgr.planMu.Unlock()
 	p := h.mgr.plan.Pool(pool)
 	return p != nil && p.Unit(sysfs.Address(id)) != nil
+}
+
+// TestAllocateDuplicateIDSaysSo (issue 11.11): one request naming a device
+// twice is refused as such, not as "already being allocated to another
+// container".
+func TestAllocateDuplicateIDSaysSo(t *testing.T) {
+	h := startHarness(t, 1, 2, `pools: [{name: vf, selectors: {devices: ["154c"]}}]`, nil, zaptest.NewLogger(t))
+	c := h.kubelet.client(t, h.registrations(t, 1)["sriov-cdi.io/vf"])
+	for _, req := range []*pluginapi.AllocateRequest{
+		{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"0000:01:00.1", "0000:01:00.1"}}}},
+		{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"0000:01:00.1"}}, {DevicesIds: []string{"0000:01:00.1"}}}},
+	} {
+		_, err := c.Allocate(context.Background(), req)
+		if err == nil || !strings.Contains(err.Error(), `device "0000:01:00.1" is named twice in one Allocate request`) {
+			t.Errorf("Allocate %v: %v; want the duplicate named", req, err)
+		}
+	}
 }

@@ -178,15 +178,19 @@ func (s *poolServer) Allocate(ctx context.Context, req *pluginapi.AllocateReques
 func (s *poolServer) allocate(ctx context.Context, p *pool.Pool, cfg *config.Pool, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
 	var all []pool.Unit
 	per := make([][]pool.Unit, len(req.GetContainerRequests()))
+	named := map[string]bool{}
 	for i, cr := range req.GetContainerRequests() {
 		for _, id := range cr.GetDevicesIds() {
 			u := p.Unit(sysfs.Address(id))
 			switch {
+			case named[id]:
+				return nil, status.Errorf(codes.InvalidArgument, "allocate %s: device %q is named twice in one Allocate request; a device goes to one container", s.resource, id)
 			case u == nil:
 				return nil, status.Errorf(codes.InvalidArgument, "allocate %s: unknown device %q (not advertised by this pool)", s.resource, id)
 			case !u.Healthy:
 				return nil, status.Errorf(codes.FailedPrecondition, "allocate %s: device %q is unhealthy: %s", s.resource, id, u.Reason)
 			}
+			named[id] = true
 			per[i] = append(per[i], *u)
 			all = append(all, *u)
 		}

@@ -21,13 +21,19 @@ type Candidate struct {
 // else the node with most free units); then, within that, spread across PFs
 // (fewest already taken first) or pack onto as few PFs as possible. Units
 // are whole IOMMU groups, so no group is ever split. The result is sorted by
-// choice order and deterministic. IDs in mustInclude that are not available
-// are ignored (kubelet never sends them).
+// choice order, deterministic, and names each unit once. IDs in mustInclude
+// that are not available are ignored (kubelet never sends them); an ID
+// available twice counts once.
 func Prefer(available []Candidate, mustInclude []sysfs.Address, size int, policy config.Policy) []sysfs.Address {
 	byID := make(map[sysfs.Address]Candidate, len(available))
+	uniq := available[:0:0]
 	for _, c := range available {
-		byID[c.ID] = c
+		if _, dup := byID[c.ID]; !dup {
+			byID[c.ID] = c
+			uniq = append(uniq, c)
+		}
 	}
+	available = uniq
 	chosen := map[sysfs.Address]bool{}
 	var out []sysfs.Address
 	perPF := map[sysfs.Address]int{}

@@ -1,6 +1,8 @@
 package pool
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -51,4 +53,71 @@ func TestPrefer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPreferDuplicateAvailable (issue 11.11): kubelet never sends an ID
+// twice, but if a caller does, the answer must still name each unit once.
+func TestPreferDuplicateAvailable(t *testing.T) {
+	a := Candidate{"0000:3b:02.0", 0, "0000:3b:00.0"}
+	b := Candidate{"0000:3b:02.1", 0, "0000:3b:00.0"}
+	for _, policy := range []config.Policy{config.PolicySpread, config.PolicyPack} {
+		got := Prefer([]Candidate{a, a, a, b}, nil, 3, policy)
+		if diff := cmp.Diff([]sysfs.Address{a.ID, b.ID}, got); diff != "" {
+			t.Errorf("%s: (-want +got)\n%s", policy, diff)
+		}
+	}
+}
+
+// FuzzPrefer checks Prefer's contract on arbitrary inputs: every answer is
+// available, named once, no longer than asked, and must-include IDs that
+// are available come first.
+func FuzzPrefer(f *testing.F) {
+	f.Add([]byte{0, 1, 1, 2, 3, 3}, []byte{1}, 3, false)
+	f.Add([]byte{5, 5, 5}, []byte{5, 5, 9}, 2, true)
+	f.Fuzz(func(t *testing.T, avail, must []byte, size int, pack bool) {
+		if size < 0 || size > 64 || len(avail) > 64 || len(must) > 16 {
+			t.Skip()
+		}
+		addr := func(b byte) sysfs.Address { return sysfs.Address(fmt.Sprintf("0000:%02x:00.%d", b>>3, b&7)) }
+		var cands []Candidate
+		isAvail := map[sysfs.Address]bool{}
+		for _, b := range avail {
+			cands = append(cands, Candidate{ID: addr(b), NUMANode: int(b % 2), PF: addr(b &^ 7)})
+			isAvail[addr(b)] = true
+		}
+		var mustIDs []sysfs.Address
+		for _, b := range must {
+			mustIDs = append(mustIDs, addr(b))
+		}
+		policy := config.PolicySpread
+		if pack {
+			policy = config.PolicyPack
+		}
+		got := Prefer(cands, mustIDs, size, policy)
+		if len(got) > size || len(got) > len(isAvail) {
+			t.Fatalf("%d IDs for size %d and %d available units: %v", len(got), size, len(isAvail), got)
+		}
+		if want := min(size, len(isAvail)); len(got) != want {
+			t.Fatalf("%d IDs, want %d: %v", len(got), want, got)
+		}
+		seen := map[sysfs.Address]bool{}
+		for _, id := range got {
+			if !isAvail[id] {
+				t.Fatalf("%s is not available", id)
+			}
+			if seen[id] {
+				t.Fatalf("%s named twice: %v", id, got)
+			}
+			seen[id] = true
+		}
+		var wantFirst []sysfs.Address
+		for _, id := range mustIDs {
+			if isAvail[id] && !slices.Contains(wantFirst, id) && len(wantFirst) < size {
+				wantFirst = append(wantFirst, id)
+			}
+		}
+		if !slices.Equal(got[:len(wantFirst)], wantFirst) {
+			t.Fatalf("must-include %v not first in %v", wantFirst, got)
+		}
+	})
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the sriov-cdi container image from deployments/Dockerfile with docker (BuildKit) or
-# buildah, whichever works here; without a working engine it says so and exits 0, so it can
-# run anywhere (`make image` where the Makefile has that target).
+# buildah, whichever works here, for users with a container engine. Without a working engine
+# it fails: `make image` builds the same image with no engine at all (deployments/imagebuild).
 #
 #   deployments/image.sh                       # tags sriov-cdi:<git describe>
 #   IMAGE=ghcr.io/me/sriov-cdi:v0.1.0 deployments/image.sh
@@ -33,8 +33,8 @@ if [[ -z $engine ]]; then
 	why=()
 	command -v docker >/dev/null 2>&1 && why+=("docker is installed but \`docker info\` fails (no daemon?)") || why+=("no docker")
 	command -v buildah >/dev/null 2>&1 && why+=("buildah is installed but \`buildah info\` fails") || why+=("no buildah")
-	echo "image: SKIP: no container engine works here (${why[0]}; ${why[1]}); nothing built"
-	exit 0
+	echo "image: no container engine works here (${why[0]}; ${why[1]}); \`make image\` builds the same image without one" >&2
+	exit 1
 fi
 
 echo "image: building $IMAGE (version $VERSION) with $engine"

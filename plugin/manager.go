@@ -535,7 +535,7 @@ func (m *Manager) bindStartupPools(ctx context.Context) {
 		if len(todo) == 0 {
 			continue
 		}
-		if err := m.opts.Prepare.Prepare(ctx, p.Config, todo); err != nil {
+		if _, err := m.opts.Prepare.Prepare(ctx, p.Config, todo); err != nil {
 			for _, u := range todo {
 				m.startupFailed[u.ID] = true
 			}

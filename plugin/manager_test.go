@@ -451,7 +451,7 @@ type overlapDetector struct {
 	calls  atomic.Int64
 }
 
-func (o *overlapDetector) Prepare(_ context.Context, _ *config.Pool, units []pool.Unit) error {
+func (o *overlapDetector) Prepare(_ context.Context, _ *config.Pool, units []pool.Unit) (func(context.Context) error, error) {
 	o.calls.Add(1)
 	o.mu.Lock()
 	for _, u := range units {
@@ -467,7 +467,7 @@ func (o *overlapDetector) Prepare(_ context.Context, _ *config.Pool, units []poo
 		delete(o.active, u.ID)
 	}
 	o.mu.Unlock()
-	return nil
+	return nil, nil
 }
 
 func TestConcurrentAllocates(t *testing.T) {

@@ -2,9 +2,12 @@ package plugin
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 
 	"github.com/sriov-cdi/sriov-cdi/cdi"
 	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
+	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
 )
@@ -140,5 +144,82 @@ func TestAllocateDuplicateIDSaysSo(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), `device "0000:01:00.1" is named twice in one Allocate request`) {
 			t.Errorf("Allocate %v: %v; want the duplicate named", req, err)
 		}
+	}
+}
+
+// failingSyncer is a SpecSyncer that fails while fail is set, as a full or
+// read-only CDI directory does.
+type failingSyncer struct {
+	SpecSyncer
+	fail atomic.Bool
+}
+
+func (f *failingSyncer) Sync(plan *pool.Plan, h *sysfs.Host) error {
+	if f.fail.Load() {
+		return fmt.Errorf("write spec: %w", syscall.ENOSPC)
+	}
+	return f.SpecSyncer.Sync(plan, h)
+}
+
+// TestAllocateFailingAfterBindRollsBack (issue 11.14): when Allocate fails
+// after binding (here the CDI specs cannot be rewritten), the functions it
+// bound go back to their original driver and the state file forgets them;
+// a unit that was already bound before the request stays bound.
+func TestAllocateFailingAfterBindRollsBack(t *testing.T) {
+	log := zaptest.NewLogger(t)
+	prep := &lazyPrep{}
+	cfg := "resourcePrefix: example.com\npools:\n  - {name: vf, mode: vfio, allowUnbindFrom: [iavf], selectors: {rootDevices: [\"0000:01:00.0\"]}}\n"
+	syncer := &failingSyncer{}
+	h := startHarness(t, 1, 3, cfg, prep, log, func(dir string, o *Options) {
+		w, err := cdi.NewWriter(filepath.Join(dir, "cdi"), log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		syncer.SpecSyncer = cdi.PlanSyncer{W: w, Root: o.Root}
+		o.Specs = syncer
+		o.Holdings = binding.NewHoldings(filepath.Join(dir, "state.json"))
+	})
+	host := filepath.Join(h.dir, "host")
+	k, err := sysfstest.NewKernel(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Unhang)
+	root := sysfs.Root{Sys: filepath.Join(host, "sys"), Dev: filepath.Join(host, "dev")}
+	bm, err := binding.NewManager(root, filepath.Join(h.dir, "state.json"), log, binding.WithWriter(k),
+		binding.WithTimeout(2*time.Second), binding.WithPollInterval(time.Millisecond), binding.WithFault(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prep.Preparer = binding.ForAllocate{M: bm}
+	c := h.kubelet.client(t, h.registrations(t, 1)["example.com/vf"])
+	alloc := func(ids ...string) error {
+		_, err := c.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: ids}}})
+		return err
+	}
+	driver := func(a string) string {
+		st, err := sysfs.NewBinder(root).Read(sysfs.Address(a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Driver
+	}
+	// 01:00.1 is bound by an earlier, successful Allocate.
+	if err := alloc("0000:01:00.1"); err != nil {
+		t.Fatal(err)
+	}
+	syncer.fail.Store(true)
+	if err := alloc("0000:01:00.1", "0000:01:00.2"); err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("Allocate with an unwritable CDI directory: %v; want the write error", err)
+	}
+	if got := driver("0000:01:00.2"); got != "iavf" {
+		t.Errorf("0000:01:00.2 bound by the failed Allocate is on %q; want it rolled back to iavf", got)
+	}
+	if got := driver("0000:01:00.1"); got != "vfio-pci" {
+		t.Errorf("0000:01:00.1, bound before the failed Allocate, is on %q; want vfio-pci", got)
+	}
+	held := bm.Records()
+	if len(held) != 1 || held[0].Address != "0000:01:00.1" {
+		t.Errorf("state records after rollback: %+v; want only 0000:01:00.1", held)
 	}
 }

@@ -22,15 +22,20 @@ import (
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
-// Preparer makes units ready before Allocate returns (vfio binding).
+// Preparer makes units ready before Allocate returns (vfio binding). It
+// returns how to undo what it changed (nil when it changed nothing), which
+// Allocate calls when it fails after preparing: a failed Allocate leaves
+// the host as it found it.
 type Preparer interface {
-	Prepare(ctx context.Context, pc *config.Pool, units []pool.Unit) error
+	Prepare(ctx context.Context, pc *config.Pool, units []pool.Unit) (undo func(context.Context) error, err error)
 }
 
 // noPrepare is the null Preparer: kernel pools and tests.
 type noPrepare struct{}
 
-func (noPrepare) Prepare(context.Context, *config.Pool, []pool.Unit) error { return nil }
+func (noPrepare) Prepare(context.Context, *config.Pool, []pool.Unit) (func(context.Context) error, error) {
+	return nil, nil
+}
 
 // poolServer is the DevicePluginServer of one pool.
 type poolServer struct {
@@ -200,19 +205,45 @@ func (s *poolServer) allocate(ctx context.Context, p *pool.Pool, cfg *config.Poo
 	}
 	defer s.release(all)
 
-	if err := s.prepare.Prepare(ctx, cfg, all); err != nil {
+	undo, err := s.prepare.Prepare(ctx, cfg, all)
+	if err != nil {
 		s.log.Error("allocate failed", zap.Strings("devices", unitIDs(all)), zap.Error(err))
 		return nil, status.Errorf(codes.Internal, "allocate %s: %v", s.resource, err)
+	}
+	var addrs []sysfs.Address
+	for _, u := range all {
+		addrs = append(addrs, u.Members...)
+	}
+	// fail undoes the preparation of a request that cannot be answered.
+	fail := func(err error) error {
+		s.log.Error("allocate failed after preparing devices", zap.Strings("devices", unitIDs(all)), zap.Error(err))
+		if undo != nil {
+			uctx := context.WithoutCancel(ctx)
+			if uerr := undo(uctx); uerr != nil {
+				s.log.Error("roll back of a failed allocate failed; `sriov-cdi restore` finishes it", zap.Strings("devices", unitIDs(all)), zap.Error(uerr))
+				err = fmt.Errorf("%w; roll back: %w", err, uerr)
+			} else {
+				s.log.Info("failed allocate rolled back", zap.Strings("devices", unitIDs(all)))
+			}
+			if s.refresh != nil {
+				_ = s.refresh(uctx, addrs) // best effort: the periodic rescan follows anyway
+			}
+		}
+		return status.Errorf(codes.Internal, "allocate %s: %v", s.resource, err)
 	}
 	if cfg.Mode == config.ModeVFIO && s.refresh != nil {
 		// Drivers changed: the next list and the CDI specs must show it
 		// before the runtime injects the devices.
-		var addrs []sysfs.Address
-		for _, u := range all {
-			addrs = append(addrs, u.Members...)
-		}
 		if err := s.refresh(ctx, addrs); err != nil {
-			return nil, status.Errorf(codes.Internal, "allocate %s: %v", s.resource, err)
+			return nil, fail(err)
+		}
+		// Never answer with a CDI name the specs no longer define.
+		if p, _, _, _ := s.snapshot(); p != nil {
+			for _, u := range all {
+				if p.Unit(u.ID) == nil {
+					return nil, fail(fmt.Errorf("device %q left the pool while it was prepared (see the log for the reason)", u.ID))
+				}
+			}
 		}
 	}
 	if s.devinfo != nil {
@@ -225,7 +256,7 @@ func (s *poolServer) allocate(ctx context.Context, p *pool.Pool, cfg *config.Poo
 	for i, units := range per {
 		cresp, err := containerResponse(s.resource, cfg, units, s.devRoot, i)
 		if err != nil {
-			return nil, status.Errorf(codes.Internal, "allocate %s: %v", s.resource, err)
+			return nil, fail(err)
 		}
 		resp.ContainerResponses = append(resp.ContainerResponses, cresp)
 	}

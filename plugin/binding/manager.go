@@ -876,10 +876,29 @@ func stepName(target string) string {
 // every mode but vfio. Nothing is ever written for a kernel pool.
 type ForAllocate struct{ M *Manager }
 
-// Prepare implements the plugin's Preparer.
-func (f ForAllocate) Prepare(ctx context.Context, pc *config.Pool, units []pool.Unit) error {
+// Prepare implements the plugin's Preparer. The returned undo restores
+// exactly the functions this call bound — not those bound before it (by an
+// earlier Allocate, at startup or by an operator) — for an Allocate that
+// fails after binding; it is nil when nothing was bound.
+func (f ForAllocate) Prepare(ctx context.Context, pc *config.Pool, units []pool.Unit) (func(context.Context) error, error) {
 	if pc != nil && pc.Mode == config.ModeKernel {
-		return nil
+		return nil, nil
 	}
-	return f.M.Prepare(ctx, pc, units)
+	before := map[sysfs.Address]bool{}
+	for _, r := range f.M.Records() {
+		before[r.Address] = true
+	}
+	if err := f.M.Prepare(ctx, pc, units); err != nil {
+		return nil, err
+	}
+	var bound []sysfs.Address
+	for _, r := range f.M.Records() {
+		if !before[r.Address] && slices.ContainsFunc(units, func(u pool.Unit) bool { return r.Unit == u.ID }) {
+			bound = append(bound, r.Address)
+		}
+	}
+	if len(bound) == 0 {
+		return nil, nil
+	}
+	return func(ctx context.Context) error { return f.M.Restore(ctx, bound) }, nil
 }

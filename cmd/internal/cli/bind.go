@@ -28,7 +28,6 @@ const (
 
 // The plugin's Allocate and these commands share one code path.
 var (
-	_ plugin.Preparer = (*binding.Manager)(nil)
 	_ plugin.Preparer = binding.ForAllocate{}
 )
 

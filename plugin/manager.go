@@ -36,7 +36,9 @@ type Options struct {
 	Root            sysfs.Root // where sysfs and /dev are
 	DevicePluginDir string     // kubelet's device plugin directory
 	// RescanInterval is the safety-net rescan period (sysfs changes made by
-	// the kernel produce no fsnotify events). Default 5s.
+	// the kernel produce no fsnotify events). Default 5s. While uevents and
+	// NetEvents both flow, a tick whose sysfs.Fingerprint is unchanged
+	// reads nothing more; one tick in fullRescanEvery scans in full.
 	RescanInterval time.Duration
 	// Debounce coalesces bursts of events into one rescan. Default 20ms.
 	Debounce time.Duration
@@ -96,7 +98,19 @@ type Manager struct {
 	plan          *pool.Plan   // the plan of host; guarded by planMu
 	alive         atomic.Int64 // unix nanos of the last loop turn
 	registrations atomic.Int64
+	releases      releases // device-info release decisions
+
+	// A rescan tick with both event sources listening and the host's
+	// fingerprint unchanged since the last full scan reads nothing more;
+	// every fullRescanEvery-th tick scans anyway.
+	ueventsUp, netEventsUp atomic.Bool
+	fingerprint            uint64 // at the last full scan, 0: none; guarded by planMu
+	quietTicks             int    // ticks skipped since; Run goroutine only
 }
+
+// fullRescanEvery: with events flowing, one tick in this many still scans
+// everything (what changes without any event: driver_override, autoprobe).
+const fullRescanEvery = 12
 
 // trigger asks for a rescan of one function, of the function owning a
 // netdev, or of everything (addr and netdev "").
@@ -206,14 +220,18 @@ func (m *Manager) Run(ctx context.Context) error {
 		if src, err := openUevents(); err != nil {
 			m.log.Warn("kernel uevents unavailable; relying on rescans", zap.Error(err))
 		} else {
+			m.ueventsUp.Store(true)
 			go func() {
+				defer m.ueventsUp.Store(false)
 				if err := src.run(ctx, m.TriggerDevice); err != nil {
 					m.log.Warn("uevent listener stopped; relying on rescans", zap.Error(err))
 				}
 			}()
 		}
 		if m.opts.NetEvents != nil {
+			m.netEventsUp.Store(true)
 			go func() {
+				defer m.netEventsUp.Store(false)
 				if err := m.opts.NetEvents.Watch(ctx, m.triggerNetdev); err != nil {
 					m.log.Warn("network event listener stopped; relying on rescans", zap.Error(err))
 				}
@@ -277,7 +295,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			pending = map[sysfs.Address]bool{}
 			m.bindStartupPools(ctx)
 		case <-ticker.C:
-			m.replanLogged(ctx, nil)
+			if !m.quietTick() {
+				m.replanLogged(ctx, nil)
+			}
 			m.bindStartupPools(ctx)
 			m.registerMissing(ctx)
 		}
@@ -315,6 +335,29 @@ func (m *Manager) netdevOwner(netdev string) sysfs.Address {
 	return ""
 }
 
+// quietTick reports whether a periodic rescan can be skipped: uevents and
+// network events are both being received (a change would have triggered
+// a refresh), the host's fingerprint (functions, drivers, /dev/vfio) is
+// the one of the last full scan, and fewer than fullRescanEvery ticks were
+// skipped in a row. It costs a few directory listings.
+func (m *Manager) quietTick() bool {
+	if !m.ueventsUp.Load() || !m.netEventsUp.Load() || m.quietTicks+1 >= fullRescanEvery {
+		m.quietTicks = 0
+		return false
+	}
+	fp, err := sysfs.Fingerprint(m.opts.Root)
+	m.planMu.Lock()
+	same := err == nil && fp == m.fingerprint
+	m.planMu.Unlock()
+	if !same {
+		m.quietTicks = 0
+		return false
+	}
+	m.quietTicks++
+	m.opts.Metrics.Rescans.WithLabelValues("skipped").Inc()
+	return true
+}
+
 func (m *Manager) replanLogged(ctx context.Context, only map[sysfs.Address]bool) {
 	if err := m.replan(ctx, only); err != nil {
 		m.log.Error("rescan failed; keeping the last device lists", zap.Error(err))
@@ -338,9 +381,15 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 		m.opts.Metrics.Rescans.WithLabelValues("refresh").Inc()
 	} else {
 		m.opts.Metrics.Rescans.WithLabelValues("full").Inc()
+		// Taken before the scan: a change racing the scan moves it again.
+		fp, fpErr := sysfs.Fingerprint(m.opts.Root)
 		var err error
 		if h, err = sysfs.Scan(m.opts.Root, m.opts.ScanOptions...); err != nil {
 			return err
+		}
+		m.fingerprint = 0
+		if fpErr == nil {
+			m.fingerprint = fp
 		}
 	}
 	m.host = h

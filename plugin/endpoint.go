@@ -35,6 +35,7 @@ type endpoint struct {
 	mu         sync.Mutex
 	grpcServer *grpc.Server
 	registered bool
+	failing    bool // registration failed since the last success
 }
 
 func newEndpoint(dir, resource string, srv pluginapi.DevicePluginServer, opts *pluginapi.DevicePluginOptions, log *zap.Logger) *endpoint {
@@ -97,9 +98,19 @@ func (e *endpoint) register(ctx context.Context) error {
 		return fmt.Errorf("register %s with kubelet at %q: %w", e.resource, kubelet, err)
 	}
 	e.mu.Lock()
-	e.registered = true
+	e.registered, e.failing = true, false
 	e.mu.Unlock()
 	return nil
+}
+
+// failedRegistering records a failed registration and reports whether it
+// is the first since the last success: an outage is logged once per pool.
+func (e *endpoint) failedRegistering() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	first := !e.failing
+	e.failing = true
+	return first
 }
 
 func (e *endpoint) isRegistered() bool {

@@ -60,6 +60,10 @@ type Options struct {
 	// devices kubelet no longer lists as assigned; nil: files go only when
 	// their device leaves the pool.
 	PodResources PodLister
+	// OnRegistered is called after every successful registration with
+	// kubelet (at start and when kubelet restarted): the vfio release
+	// watcher starts its settle time again (binding.Watcher.KubeletRestarted).
+	OnRegistered func()
 	// Holdings tells which functions sriov-cdi bound and for which pool,
 	// so that a unit stays in its pool while binding changes what the
 	// selectors read (driver, netdevs); nil: none (no vfio binding).
@@ -508,10 +512,18 @@ func (m *Manager) eachEndpoint(f func(*managed)) {
 
 func (m *Manager) register(ctx context.Context, e *managed) {
 	if err := e.ep.register(ctx); err != nil {
-		m.log.Warn("registration failed; will retry when kubelet's socket appears", zap.String("resource", e.ep.resource), zap.Error(err))
+		lvl := zap.DebugLevel // once per pool per outage, not at every rescan
+		if e.ep.failedRegistering() {
+			lvl = zap.WarnLevel
+		}
+		m.log.Log(lvl, "registration failed; will retry when kubelet's socket appears", zap.String("resource", e.ep.resource), zap.Error(err))
 		return
 	}
 	m.registrations.Add(1)
+	m.releases.kubeletRestarted(time.Now())
+	if f := m.opts.OnRegistered; f != nil {
+		f()
+	}
 	m.opts.Metrics.Registrations.WithLabelValues(e.ep.resource).Inc()
 	m.log.Info("registered with kubelet", zap.String("resource", e.ep.resource))
 }
@@ -674,7 +686,11 @@ func (m *Manager) logRefusals(plan *pool.Plan) {
 		}
 		now[r.Address] = r.Pool + ": " + r.Reason
 		if m.refusals[r.Address] != now[r.Address] {
-			m.log.Warn("device refused", zap.String("device", string(r.Address)), zap.String("pool", r.Pool), zap.String("reason", r.Reason))
+			lvl := zap.WarnLevel
+			if d := m.host.Device(r.Address); d != nil && d.IsPFWithVFs() {
+				lvl = zap.InfoLevel // by design: its VFs are the candidates
+			}
+			m.log.Log(lvl, "device refused", zap.String("device", string(r.Address)), zap.String("pool", r.Pool), zap.String("reason", r.Reason))
 		}
 	}
 	m.refusals = now

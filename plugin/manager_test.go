@@ -543,7 +543,7 @@ func TestRelevantUevent(t *testing.T) {
 // TestRefusalsAreLoggedOnce: the DaemonSet log says why a matched function
 // is not offered, once, not at every rescan.
 func TestRefusalsAreLoggedOnce(t *testing.T) {
-	core, logs := observer.New(zap.WarnLevel)
+	core, logs := observer.New(zap.InfoLevel) // a PF with VFs is logged at info
 	h := startHarness(t, 1, 2, `pools: [{name: vf, mode: vfio, selectors: {rootDevices: ["0000:01:00.0"]}}]`, nil, zap.New(core))
 	h.registrations(t, 1)
 	time.Sleep(300 * time.Millisecond) // several rescans

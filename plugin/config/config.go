@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"regexp"
 	"strings"
 
+	yamlv3 "go.yaml.in/yaml/v3"
 	"k8s.io/apimachinery/pkg/api/validate/content"
 	"sigs.k8s.io/yaml"
 	"tags.cncf.io/container-device-interface/pkg/parser"
@@ -168,7 +170,8 @@ func Parse(source string, data []byte) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config %q: not valid YAML or JSON: %w", source, err)
 	}
-	if errs := shapeErrors(data); len(errs) > 0 {
+	doc, errs := shapeErrors(data)
+	if len(errs) > 0 {
 		return nil, &ValidationError{Source: source, Errs: errs}
 	}
 	var probe map[string]json.RawMessage
@@ -177,13 +180,13 @@ func Parse(source string, data []byte) (*Config, error) {
 	}
 	var c *Config
 	if _, ok := probe["resourceList"]; ok {
-		if c, err = parseLegacy(source, js); err != nil {
+		if c, err = parseLegacy(source, js, doc); err != nil {
 			return nil, err
 		}
 	} else {
 		c = &Config{}
 		if err := strictJSON(js, c); err != nil {
-			return nil, fmt.Errorf("config %q: %w", source, explainJSON(err))
+			return nil, decodeError(source, "", js, reflect.TypeFor[Config](), doc, err)
 		}
 	}
 	c.Source = source
@@ -192,6 +195,19 @@ func Parse(source string, data []byte) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// decodeError explains a failed strict decoding: every unknown field and
+// wrong type with pool, field, line and a hint when diagnose finds them,
+// else the decoder's error in words.
+func decodeError(source, format string, js []byte, t reflect.Type, doc *yamlv3.Node, err error) error {
+	if errs := diagnose(js, t, doc); len(errs) > 0 {
+		return &ValidationError{Source: source, Format: format, Errs: errs}
+	}
+	if format != "" {
+		return fmt.Errorf("config %q (%s): %w", source, format, explainJSON(err))
+	}
+	return fmt.Errorf("config %q: %w", source, explainJSON(err))
 }
 
 // explainJSON turns encoding/json's messages into ones that name the field.
@@ -387,12 +403,17 @@ func (s *Selector) empty() bool {
 // ValidationError lists every problem of one config.
 type ValidationError struct {
 	Source string
+	Format string // e.g. "SR-IOV network device plugin format"; empty: ours
 	Errs   []error
 }
 
 func (e *ValidationError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "config %q is invalid:", e.Source)
+	if e.Format != "" {
+		fmt.Fprintf(&b, "config %q (%s) is invalid:", e.Source, e.Format)
+	} else {
+		fmt.Fprintf(&b, "config %q is invalid:", e.Source)
+	}
 	for _, err := range e.Errs {
 		b.WriteString("\n  - ")
 		b.WriteString(err.Error())

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"slices"
+
+	yamlv3 "go.yaml.in/yaml/v3"
 )
 
 // legacyPrefix is the SR-IOV network device plugin's default prefix; kept
@@ -47,10 +50,10 @@ type legacySelector struct {
 // pool, deviceType netDevice/accelerator → mode "vfio" when the selectors
 // pick only vfio-pci-bound functions (as that plugin's users do), else
 // "kernel". What has no counterpart is refused with the reason.
-func parseLegacy(source string, js []byte) (*Config, error) {
+func parseLegacy(source string, js []byte, doc *yamlv3.Node) (*Config, error) {
 	var lc legacyConfig
 	if err := strictJSON(js, &lc); err != nil {
-		return nil, fmt.Errorf("config %q (SR-IOV network device plugin format): %w", source, explainJSON(err))
+		return nil, decodeError(source, "SR-IOV network device plugin format", js, reflect.TypeFor[legacyConfig](), doc, err)
 	}
 	c := &Config{Legacy: true}
 	var errs []error

@@ -13,24 +13,28 @@ import (
 // drops silently: a key given twice in one mapping (the later value would
 // win) and every document after the first. Syntax errors are left to the
 // conversion, which reports them.
-func shapeErrors(data []byte) []error {
+// It also returns the first document's node tree, for the lines of later
+// messages (nil when the YAML library cannot read the input).
+func shapeErrors(data []byte) (*yamlv3.Node, []error) {
 	dec := yamlv3.NewDecoder(bytes.NewReader(data))
 	var errs []error
-	for docs := 0; ; {
+	var first *yamlv3.Node
+	for {
 		var doc yamlv3.Node
 		if err := dec.Decode(&doc); err != nil {
 			if !errors.Is(err, io.EOF) {
-				return nil
+				return nil, nil
 			}
-			return errs
+			return first, errs
 		}
 		if len(doc.Content) == 0 || isNull(doc.Content[0]) {
 			continue // an empty document, e.g. after a trailing "---"
 		}
-		if docs++; docs > 1 {
-			return append(errs, fmt.Errorf("line %d: a second YAML document (after \"---\"); a config file is one document: put every pool in one \"pools\" list", doc.Content[0].Line))
+		if first != nil {
+			return first, append(errs, fmt.Errorf("line %d: a second YAML document (after \"---\"); a config file is one document: put every pool in one \"pools\" list", doc.Content[0].Line))
 		}
-		duplicateKeys(doc.Content[0], &errs)
+		first = doc.Content[0]
+		duplicateKeys(first, &errs)
 	}
 }
 

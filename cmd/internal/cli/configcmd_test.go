@@ -47,3 +47,40 @@ func TestVersionFlag(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigValidateDecodeProblems: unknown fields and wrong types are
+// reported all at once, each with pool (index and name), field path, line
+// and a hint.
+func TestConfigValidateDecodeProblems(t *testing.T) {
+	f := writeFile(t, "c.yaml", `pools:
+  - name: vf-a
+    mode: vfio
+    selectors:
+      vendors: [8086]
+      devices: ["154c"]
+  - name: vf-b
+    selector: {vendors: ["8086"]}
+    restoreOnRelease: yes please
+  - name: vf-c
+    selectors:
+      - {pfNames: [ens1f0], numaNodes: [zero]}
+`)
+	_, errOut, err := run(t, "config", "validate", f)
+	if err == nil {
+		t.Fatal("validate succeeded, want an error")
+	}
+	for _, want := range []string{
+		`config "` + f + `" is invalid:`,
+		`  - line 5: pools[0] ("vf-a").selectors[0].vendors[0]: got a number, want a string; quote IDs: "8086"`,
+		`  - line 8: pools[1] ("vf-b"): unknown field "selector" (check spelling; see the config reference in README.md)`,
+		`  - line 9: pools[1] ("vf-b").restoreOnRelease: got a string, want true or false`,
+		`  - line 12: pools[2] ("vf-c").selectors[0].numaNodes[0]: got a string, want a number`,
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+	if strings.Index(errOut, "line 9:") < strings.Index(errOut, "line 8:") {
+		t.Errorf("problems not in file order:\n%s", errOut)
+	}
+}

@@ -2,6 +2,7 @@ package cdi
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	rspec "github.com/opencontainers/runtime-spec/specs-go"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
+	"tags.cncf.io/container-device-interface/pkg/parser"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin/config"
@@ -283,9 +285,12 @@ func TestParseAnnotations(t *testing.T) {
 	}
 }
 
-// FuzzParseAnnotations checks our parser against the CDI library's: the
-// same values are accepted and they yield the same devices, which joined
-// by ',' give the value back.
+// FuzzParseAnnotations checks our parser against the CDI library's on two
+// annotations at once: the same inputs are accepted; there is one request
+// per annotation key with the prefix, sorted by key; each request's devices
+// joined by ',' give back that key's own value, and each device splits into
+// vendor/class=name and composes back; together they are the library's
+// devices (the library's order follows map iteration, so both are sorted).
 func FuzzParseAnnotations(f *testing.F) {
 	for _, seed := range []struct{ key, value string }{
 		{"cdi.k8s.io/x", devVF0},
@@ -300,28 +305,47 @@ func FuzzParseAnnotations(f *testing.F) {
 		{"other/x", "anything"},
 		{"cdi.k8s.io/", "v.com/c=d"},
 	} {
-		f.Add(seed.key, seed.value)
+		// Alone (the second key equal to the first), and next to a
+		// second annotation that sorts before it.
+		f.Add(seed.key, seed.value, seed.key, seed.value)
+		f.Add(seed.key, seed.value, "cdi.k8s.io/a", devNet)
 	}
-	f.Fuzz(func(t *testing.T, key, value string) {
-		ann := map[string]string{key: value}
+	f.Fuzz(func(t *testing.T, key1, value1, key2, value2 string) {
+		ann := map[string]string{key1: value1, key2: value2}
 		got, err := ParseAnnotations(ann)
 		_, libDevices, libErr := cdilib.ParseAnnotations(ann)
 		if (err == nil) != (libErr == nil) {
-			t.Fatalf("ParseAnnotations(%q: %q): ours %v, library %v", key, value, err, libErr)
+			t.Fatalf("ParseAnnotations(%q): ours %v, library %v", ann, err, libErr)
 		}
 		if err != nil {
 			return
 		}
-		var devices []string
-		for _, r := range got {
-			if r.Key != key {
-				t.Fatalf("key %q, want %q", r.Key, key)
+		var wantKeys []string
+		for k := range ann {
+			if strings.HasPrefix(k, AnnotationPrefix) {
+				wantKeys = append(wantKeys, k)
 			}
-			if j := strings.Join(r.Devices, ","); j != value {
-				t.Fatalf("devices %q do not join back to %q", r.Devices, value)
+		}
+		slices.Sort(wantKeys)
+		var keys, devices []string
+		for _, r := range got {
+			keys = append(keys, r.Key)
+			if j := strings.Join(r.Devices, ","); j != ann[r.Key] {
+				t.Fatalf("devices %q of %q do not join back to its value %q", r.Devices, r.Key, ann[r.Key])
+			}
+			for _, d := range r.Devices {
+				vendor, class, name, err := parser.ParseQualifiedName(d)
+				if err != nil || vendor+"/"+class+"="+name != d {
+					t.Fatalf("device %q of %q does not split and compose back: %q/%q=%q, %v", d, r.Key, vendor, class, name, err)
+				}
 			}
 			devices = append(devices, r.Devices...)
 		}
+		if diff := cmp.Diff(wantKeys, keys); diff != "" {
+			t.Fatalf("request keys (-want +got):\n%s", diff)
+		}
+		slices.Sort(devices)
+		slices.Sort(libDevices)
 		if diff := cmp.Diff(libDevices, devices); diff != "" {
 			t.Fatalf("devices differ from the library's (-library +ours):\n%s", diff)
 		}

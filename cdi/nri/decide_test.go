@@ -1,12 +1,16 @@
 package nri
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
@@ -343,4 +347,127 @@ func TestOurs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzDecide runs Decide on fuzzed annotations (values, which the sandbox
+// carries) and device entries, under both policies, and checks what must
+// hold whatever the input: every cdi.k8s.io/* key is judged exactly once
+// (removed or kept, each list sorted), nothing else is; a malformed value
+// is never removed by default; the default removes a subset of what
+// AllVendors removes; another vendor's device in an annotation removed by
+// default has its nodes and variables in the container; every path listed
+// more than once is folded (all entries identical, Extra counting the
+// rest) or a conflict (entries differ), never both; and the adjustment
+// removes exactly the removed keys.
+func FuzzDecide(f *testing.F) {
+	specs := testCache(f)
+	f.Add(devVF0, devGPU, uint8(1), []byte{0x04, 0x04})
+	f.Add(devVF0+","+devGPU, "example.com/net=eth1", uint8(7), []byte{0x04, 0x08, 0x44})
+	f.Add("vf", "sriov-cdi.io/other=x", uint8(3), []byte{})
+	f.Add(devVF1, "intel.com/legacy=x", uint8(2), []byte{0x01, 0x01, 0x01, 0x05})
+	f.Fuzz(func(t *testing.T, v1, v2 string, flags uint8, devs []byte) {
+		pod := &api.PodSandbox{Annotations: map[string]string{}}
+		ctr := &api.Container{Annotations: map[string]string{"cdi.k8s.io/one": v1, "cdi.k8s.io/two": v2, "other": v1},
+			Linux: &api.LinuxContainer{}}
+		if flags&1 != 0 {
+			pod.Annotations["cdi.k8s.io/one"] = v1
+		}
+		if flags&2 != 0 {
+			pod.Annotations["cdi.k8s.io/two"] = v2
+		}
+		if flags&4 != 0 {
+			ctr.Env = append(ctr.Env, envVF0, "NVIDIA_VISIBLE_DEVICES=0", "EXAMPLE_NET=eth1")
+		}
+		count := map[string]int{}
+		for i, b := range devs {
+			if i == 16 {
+				break
+			}
+			d := &api.LinuxDevice{Path: []string{"/dev/vfio/41", "/dev/vfio/42", "/dev/nvidia0", "/dev/net/tun"}[b&3],
+				Type: "c", Major: 243, Minor: int64(b>>2) & 3}
+			if b&0x40 != 0 {
+				d.FileMode = &api.OptionalFileMode{Value: 0o666}
+			}
+			ctr.Linux.Devices = append(ctr.Linux.Devices, d)
+			count[d.Path]++
+		}
+
+		def := Decide(pod, ctr, specs, Policy{})
+		all := Decide(pod, ctr, specs, Policy{AllVendors: true})
+		removedByAll := map[string]bool{}
+		for _, r := range all.Remove {
+			removedByAll[r.Key] = true
+		}
+		for _, d := range []Decision{def, all} {
+			var keys []string
+			for _, v := range append(slices.Clone(d.Remove), d.Keep...) {
+				keys = append(keys, v.Key)
+			}
+			slices.Sort(keys)
+			if diff := cmp.Diff([]string{"cdi.k8s.io/one", "cdi.k8s.io/two"}, keys); diff != "" {
+				t.Fatalf("judged keys (-want +got):\n%s", diff)
+			}
+			for _, l := range [][]Verdict{d.Remove, d.Keep} {
+				if !slices.IsSortedFunc(l, func(a, b Verdict) int { return strings.Compare(a.Key, b.Key) }) {
+					t.Fatalf("verdicts not sorted: %v", l)
+				}
+			}
+			wantAdj := map[string]string{}
+			for _, r := range d.Remove {
+				wantAdj["-"+r.Key] = ""
+			}
+			if adj := d.Adjustment(); (adj == nil) != d.Empty() || !maps.Equal(wantAdj, adj.GetAnnotations()) && len(wantAdj) > 0 {
+				t.Fatalf("Adjustment() = %v for %+v", adj, d)
+			}
+
+			folded, conflicting := map[string]bool{}, map[string]bool{}
+			extra := 0
+			for _, dev := range d.Dedupe {
+				folded[dev.Path] = true
+				extra += count[dev.Path] - 2
+				for _, e := range ctr.Linux.Devices {
+					if e.Path == dev.Path && !proto.Equal(e, dev) {
+						t.Fatalf("%q folded although its entries differ", dev.Path)
+					}
+				}
+			}
+			for _, c := range d.Conflicts {
+				conflicting[c.Path] = true
+				if identical(c.Entries) || len(c.Entries) != count[c.Path] {
+					t.Fatalf("conflict %q: %v", c.Path, c.Entries)
+				}
+			}
+			for path, n := range count {
+				if (n > 1) != (folded[path] != conflicting[path]) {
+					t.Fatalf("%q listed %d times: folded %v, conflict %v", path, n, folded[path], conflicting[path])
+				}
+			}
+			if extra != d.Extra {
+				t.Fatalf("Extra = %d, want %d", d.Extra, extra)
+			}
+		}
+
+		paths := make([]string, 0, len(ctr.Linux.Devices))
+		for _, d := range ctr.Linux.Devices {
+			paths = append(paths, d.Path)
+		}
+		have := cdi.ContentsOf(paths, ctr.Env)
+		for _, r := range def.Remove {
+			if !removedByAll[r.Key] {
+				t.Fatalf("%q removed by default but not with AllVendors", r.Key)
+			}
+			reqs, err := cdi.ParseAnnotations(map[string]string{r.Key: ctr.Annotations[r.Key]})
+			if err != nil {
+				t.Fatalf("malformed %q removed by default: %v", r.Key, err)
+			}
+			for _, n := range reqs[0].Devices {
+				if Ours(specs, kindOf(n)) {
+					continue
+				}
+				if dev := specs.GetDevice(n); dev == nil || !have.Has(&dev.ContainerEdits) {
+					t.Fatalf("%q removed by default, but another vendor's device %q is not in the container", r.Key, n)
+				}
+			}
+		}
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"time"
 
 	ucli "github.com/urfave/cli/v3"
@@ -37,7 +38,25 @@ func bindingFlags() []ucli.Flag {
 		&ucli.BoolFlag{Name: bindFlagAll, Usage: "every device (bind/unbind: of every vfio pool; restore: in the state file)"},
 		&ucli.BoolFlag{Name: bindFlagDryRun, Usage: "print what would change and change nothing"},
 		&ucli.DurationFlag{Name: bindFlagTimeout, Value: 10 * time.Second, Usage: "limit for each sysfs write and each wait for the kernel", Sources: ucli.EnvVars("SRIOV_CDI_BIND_TIMEOUT")},
+		&ucli.BoolFlag{Name: flagSample, Usage: "plan on the bundled sysfs snapshot of a real kernel and its config, with an empty state file (with --dry-run only)"},
 	)
+}
+
+// sampleSetup checks that --sample comes with --dry-run (the snapshot is
+// another host's, unpacked in a temporary directory: changing it would
+// show nothing) and returns the state file to use: with --sample an empty
+// one in the sample's directory unless --state-file is given.
+func sampleSetup(cmd *ucli.Command, in *hostInput) (string, error) {
+	if !cmd.Bool(flagSample) {
+		return cmd.String(bindFlagStateFile), nil
+	}
+	if !cmd.Bool(bindFlagDryRun) {
+		return "", fmt.Errorf("%s --sample: only a dry run can use the sample (a snapshot of another host in a temporary directory): add --dry-run, or drop --sample to act on this host", cmd.Name)
+	}
+	if cmd.IsSet(bindFlagStateFile) {
+		return cmd.String(bindFlagStateFile), nil
+	}
+	return filepath.Join(in.dir, "state.json"), nil
 }
 
 // bindCommand, unbindCommand and restoreCommand run the code path the
@@ -108,12 +127,12 @@ func bindingArgs(cmd *ucli.Command) ([]sysfs.Address, error) {
 	return addrs, errors.Join(errs...)
 }
 
-func bindingManager(ctx context.Context, cmd *ucli.Command, root sysfs.Root, extra []binding.Option) (*binding.Manager, error) {
+func bindingManager(ctx context.Context, cmd *ucli.Command, root sysfs.Root, state string, extra []binding.Option) (*binding.Manager, error) {
 	opts := append([]binding.Option{binding.WithTimeout(cmd.Duration(bindFlagTimeout)), binding.WithContext(ctx)}, extra...)
 	if cmd.Bool(bindFlagDryRun) {
 		opts = append(opts, binding.ReadOnly())
 	}
-	return binding.NewManager(root, cmd.String(bindFlagStateFile), bindingLogger(cmd.Root().ErrWriter), opts...)
+	return binding.NewManager(root, state, bindingLogger(cmd.Root().ErrWriter), opts...)
 }
 
 // bindingLogger logs one line per event to w.
@@ -218,11 +237,19 @@ func runBindChange(ctx context.Context, cmd *ucli.Command, bind bool, extra []bi
 	if err != nil {
 		return err
 	}
+	if cmd.Bool(flagSample) && !cmd.Bool(bindFlagDryRun) {
+		_, err := sampleSetup(cmd, nil)
+		return err
+	}
 	in, err := loadHost(cmd)
 	if err != nil {
 		return err
 	}
 	defer in.cleanup()
+	state, err := sampleSetup(cmd, in)
+	if err != nil {
+		return err
+	}
 	if in.cfg == nil {
 		return fmt.Errorf("%s: --config is required: the pools say which devices may be bound and from which drivers", cmd.Name)
 	}
@@ -235,7 +262,7 @@ func runBindChange(ctx context.Context, cmd *ucli.Command, bind bool, extra []bi
 	if err != nil {
 		return err
 	}
-	m, err := bindingManager(ctx, cmd, in.root, extra)
+	m, err := bindingManager(ctx, cmd, in.root, state, extra)
 	if err != nil {
 		return err
 	}
@@ -271,8 +298,21 @@ func runRestore(ctx context.Context, cmd *ucli.Command, extra []binding.Option) 
 	if err != nil {
 		return err
 	}
-	root := sysfs.Root{Sys: cmd.String(flagSysfsRoot), Dev: cmd.String(flagDevRoot)}
-	m, err := bindingManager(ctx, cmd, root, extra)
+	root, state := sysfs.Root{Sys: cmd.String(flagSysfsRoot), Dev: cmd.String(flagDevRoot)}, cmd.String(bindFlagStateFile)
+	if cmd.Bool(flagSample) {
+		in := &hostInput{}
+		if cmd.Bool(bindFlagDryRun) {
+			if in, err = loadHost(cmd); err != nil {
+				return err
+			}
+			defer in.cleanup()
+		}
+		if state, err = sampleSetup(cmd, in); err != nil {
+			return err
+		}
+		root = in.root
+	}
+	m, err := bindingManager(ctx, cmd, root, state, extra)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -169,5 +170,29 @@ func TestBindNeedsConfig(t *testing.T) {
 	err := app.Run(context.Background(), []string{"sriov-cdi", "bind", "--sysfs-root", filepath.Join(e.dir, "sys"), "--state-file", e.state, "0000:01:00.1"})
 	if err == nil || !strings.Contains(err.Error(), "--config is required") {
 		t.Errorf("got %v", err)
+	}
+}
+
+// TestBindCommandsSample: bind, unbind and restore plan on the bundled
+// snapshot like discover does, and only as a dry run.
+func TestBindCommandsSample(t *testing.T) {
+	var all strings.Builder
+	for _, args := range [][]string{
+		{"bind", "--sample", "--dry-run", "--all"},
+		{"unbind", "--sample", "--dry-run", "--all"},
+		{"restore", "--sample", "--dry-run", "--all"},
+	} {
+		out, errOut, err := run(t, args...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, errOut)
+		}
+		fmt.Fprintf(&all, "$ sriov-cdi %s\n%s", strings.Join(args, " "), out)
+	}
+	golden(t, "bind-sample-dry-run.txt", all.String())
+	for _, cmd := range []string{"bind", "unbind", "restore"} {
+		_, _, err := run(t, cmd, "--sample", "--all")
+		if err == nil || !strings.Contains(err.Error(), cmd+" --sample: only a dry run") {
+			t.Errorf("%s --sample without --dry-run: err = %v", cmd, err)
+		}
 	}
 }

@@ -80,6 +80,7 @@ func hostFlags() []ucli.Flag {
 type hostInput struct {
 	root    sysfs.Root
 	cfg     *config.Config // nil when no config was given
+	dir     string         // with --sample: the temporary directory it is unpacked in
 	cleanup func()
 }
 
@@ -94,7 +95,7 @@ func loadHost(cmd *ucli.Command) (*hostInput, error) {
 		if err != nil {
 			return nil, fmt.Errorf("unpack the sample: %w", err)
 		}
-		in.cleanup = func() { os.RemoveAll(dir) }
+		in.dir, in.cleanup = dir, func() { os.RemoveAll(dir) }
 		if in.root, err = sample.Extract(dir); err != nil {
 			in.cleanup()
 			return nil, err

@@ -60,6 +60,10 @@ type Options struct {
 	// devices kubelet no longer lists as assigned; nil: files go only when
 	// their device leaves the pool.
 	PodResources PodLister
+	// OnRegistered is called after every successful registration with
+	// kubelet (at start and when kubelet restarted): the vfio release
+	// watcher starts its settle time again (binding.Watcher.KubeletRestarted).
+	OnRegistered func()
 	// Holdings tells which functions sriov-cdi bound and for which pool,
 	// so that a unit stays in its pool while binding changes what the
 	// selectors read (driver, netdevs); nil: none (no vfio binding).
@@ -516,6 +520,10 @@ func (m *Manager) register(ctx context.Context, e *managed) {
 		return
 	}
 	m.registrations.Add(1)
+	m.releases.kubeletRestarted(time.Now())
+	if f := m.opts.OnRegistered; f != nil {
+		f()
+	}
 	m.opts.Metrics.Registrations.WithLabelValues(e.ep.resource).Inc()
 	m.log.Info("registered with kubelet", zap.String("resource", e.ep.resource))
 }

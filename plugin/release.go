@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -23,6 +24,35 @@ type PodLister = binding.PodLister
 // the assignment).
 const deviceInfoGrace = 2 * time.Minute
 
+// devInfoKey names one device-info file: a device of a resource.
+type devInfoKey struct {
+	resource string
+	id       sysfs.Address
+}
+
+// releases decides, with the same rule as the vfio release watcher
+// (binding.ReleaseTracker), which devices kubelet released. Created at
+// the first poll or registration; a registration (kubelet restarted)
+// starts its settle time again.
+type releases struct {
+	mu      sync.Mutex
+	tracker *binding.ReleaseTracker[devInfoKey]
+}
+
+func (r *releases) get(now time.Time) *binding.ReleaseTracker[devInfoKey] {
+	if r.tracker == nil {
+		r.tracker = binding.NewReleaseTracker[devInfoKey](binding.DefaultReleaseRule(), now)
+	}
+	return r.tracker
+}
+
+// kubeletRestarted is told of every successful registration.
+func (r *releases) kubeletRestarted(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.get(now).KubeletRestarted(now)
+}
+
 // releaseDeviceInfo removes the device-info files of devices no container
 // holds any more, as kubelet's PodResources API reports them. It runs until
 // ctx ends; a failed poll removes nothing.
@@ -35,44 +65,63 @@ func (m *Manager) releaseDeviceInfo(ctx context.Context, lister PodLister, every
 			return
 		case <-t.C:
 		}
-		if err := m.pollReleases(ctx, lister, time.Now()); err != nil {
+		if err := m.pollReleases(ctx, lister, time.Now); err != nil {
 			m.log.Debug("device-info release poll failed; nothing removed", zap.Error(err))
 		}
 	}
 }
 
-// pollReleases lists assigned devices and removes, per pool, the files of
-// devices not among them whose file is older than the grace period.
-func (m *Manager) pollReleases(ctx context.Context, lister PodLister, now time.Time) error {
+// pollReleases lists assigned devices and removes the files of devices the
+// release rule says kubelet released. Candidates are the devices of every
+// pool not listed as assigned whose file is older than deviceInfoGrace.
+func (m *Manager) pollReleases(ctx context.Context, lister PodLister, clock func() time.Time) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	asked := clock()
 	resp, err := lister.List(cctx, &podresourcesv1.ListPodResourcesRequest{})
 	if err != nil {
+		m.releases.mu.Lock()
+		m.releases.get(asked).ListFailed()
+		m.releases.mu.Unlock()
 		return err
 	}
 	assigned := binding.AssignedDevices(resp)
 	w := m.opts.DeviceInfo
+	now := clock()
+	var cands []devInfoKey
+	held := map[devInfoKey]bool{}
 	for _, e := range m.snapshotEndpoints() {
 		res := e.ep.resource
 		p, _, _, _ := e.srv.snapshot()
-		var released []sysfs.Address
 		for _, u := range p.Units {
+			k := devInfoKey{res, u.ID}
 			if assigned[res][u.ID] {
+				held[k] = true
 				continue
 			}
 			st, err := os.Stat(filepath.Join(w.Dir, deviceinfo.FileName(res, u.ID)))
 			if err == nil && now.Sub(st.ModTime()) > deviceInfoGrace {
-				released = append(released, u.ID)
+				cands = append(cands, k)
 			}
 		}
-		if len(released) == 0 {
-			continue
+	}
+	m.releases.mu.Lock()
+	released := m.releases.get(asked).Observe(asked, held, cands, now)
+	m.releases.mu.Unlock()
+	byRes := map[string][]sysfs.Address{}
+	var order []string
+	for _, k := range released {
+		if byRes[k.resource] == nil {
+			order = append(order, k.resource)
 		}
-		if err := w.Remove(res, released...); err != nil {
+		byRes[k.resource] = append(byRes[k.resource], k.id)
+	}
+	for _, res := range order {
+		if err := w.Remove(res, byRes[res]...); err != nil {
 			m.log.Warn("remove device-info files of released devices", zap.String("resource", res), zap.Error(err))
 			continue
 		}
-		for _, id := range released {
+		for _, id := range byRes[res] {
 			m.log.Info("device released; device-info file removed", zap.String("device", string(id)), zap.String("resource", res))
 		}
 	}

@@ -2,53 +2,93 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
-	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/sriov-cdi/sriov-cdi/plugin/kubelettest"
 )
 
-// listerFunc answers PodResources List from a map resource -> IDs (a fake:
-// no kubelet runs in unit tests; the binding package tests a gRPC server).
-type listerFunc map[string][]string
-
-func (l listerFunc) List(context.Context, *podresourcesv1.ListPodResourcesRequest, ...grpc.CallOption) (*podresourcesv1.ListPodResourcesResponse, error) {
-	c := &podresourcesv1.ContainerResources{Name: "c"}
-	for res, ids := range l {
-		c.Devices = append(c.Devices, &podresourcesv1.ContainerDevices{ResourceName: res, DeviceIds: ids})
-	}
-	return &podresourcesv1.ListPodResourcesResponse{PodResources: []*podresourcesv1.PodResources{{Name: "p", Namespace: "ns", Containers: []*podresourcesv1.ContainerResources{c}}}}, nil
+// releaseEnv: one pool "vf" with 01:00.1 and 01:00.2 allocated (both
+// have device-info files), a scripted fake kubelet (kubelettest: no
+// kubelet runs in unit tests) and a clock the test moves.
+type releaseEnv struct {
+	h   *harness
+	kl  *kubelettest.PodResources
+	now time.Time
 }
 
-func TestDeviceInfoRemovedWhenReleased(t *testing.T) {
+func newReleaseEnv(t *testing.T) *releaseEnv {
 	h := startHarness(t, 1, 3, `pools: [{name: vf, selectors: {rootDevices: ["0000:01:00.0"]}}]`, nil, zap.NewNop())
 	regs := h.registrations(t, 1)
 	c := h.kubelet.client(t, regs["sriov-cdi.io/vf"])
 	if _, err := c.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"0000:01:00.1", "0000:01:00.2"}}}}); err != nil {
 		t.Fatal(err)
 	}
-	file := func(id string) string { return filepath.Join(h.dir, "devinfo", "sriov-cdi.io-vf-"+id+"-device.json") }
-	exists := func(id string) bool { _, err := os.Stat(file(id)); return err == nil }
-	lister := listerFunc{"sriov-cdi.io/vf": {"0000:01:00.1"}}
+	return &releaseEnv{h: h, kl: kubelettest.New(), now: time.Now()}
+}
 
+func (e *releaseEnv) exists(id string) bool {
+	_, err := os.Stat(filepath.Join(e.h.dir, "devinfo", "sriov-cdi.io-vf-"+id+"-device.json"))
+	return err == nil
+}
+
+func (e *releaseEnv) poll(t *testing.T, d time.Duration) {
+	t.Helper()
+	e.now = e.now.Add(d)
+	if err := e.h.mgr.pollReleases(context.Background(), e.kl, func() time.Time { return e.now }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func vf(ids ...string) kubelettest.Device {
+	return kubelettest.Device{Resource: "sriov-cdi.io/vf", IDs: ids}
+}
+
+func TestDeviceInfoRemovedWhenReleased(t *testing.T) {
+	e := newReleaseEnv(t)
+	e.kl.SetPod("p", vf("0000:01:00.1"))
 	// Within the grace period nothing goes (kubelet may not have recorded
 	// the assignment yet).
-	if err := h.mgr.pollReleases(context.Background(), lister, time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if !exists("0000:01:00.1") || !exists("0000:01:00.2") {
+	e.poll(t, 0)
+	if !e.exists("0000:01:00.1") || !e.exists("0000:01:00.2") {
 		t.Fatal("a file was removed within the grace period")
 	}
-	// Later: the device no pod holds loses its file; the held one keeps it.
-	if err := h.mgr.pollReleases(context.Background(), lister, time.Now().Add(3*time.Minute)); err != nil {
-		t.Fatal(err)
+	// Later, once the release rule is met (several answers over 30 s):
+	// the device no pod holds loses its file; the held one keeps it.
+	for range 8 {
+		e.poll(t, 30*time.Second)
 	}
-	if !exists("0000:01:00.1") || exists("0000:01:00.2") {
-		t.Errorf("after release: 01:00.1 kept=%v (want true), 01:00.2 kept=%v (want false)", exists("0000:01:00.1"), exists("0000:01:00.2"))
+	if !e.exists("0000:01:00.1") || e.exists("0000:01:00.2") {
+		t.Errorf("after release: 01:00.1 kept=%v (want true), 01:00.2 kept=%v (want false)", e.exists("0000:01:00.1"), e.exists("0000:01:00.2"))
+	}
+}
+
+// An incomplete answer after a kubelet restart, or a stale one, must not
+// remove the device-info file of a device a running pod holds (issue
+// 11.3; the same rule as the vfio release watcher).
+func TestDeviceInfoKeptThroughIncompleteAndStaleAnswers(t *testing.T) {
+	e := newReleaseEnv(t)
+	before := e.kl.Snapshot()
+	e.kl.SetPod("p", vf("0000:01:00.1", "0000:01:00.2"))
+	for range 8 {
+		e.poll(t, 30*time.Second)
+	}
+	e.kl.Script(kubelettest.Answer{Err: errors.New("connection refused")}, kubelettest.Answer{Only: []string{}}, kubelettest.Answer{From: before},
+		kubelettest.Answer{Only: []string{}}, kubelettest.Answer{From: before})
+	e.now = e.now.Add(10 * time.Second)
+	if err := e.h.mgr.pollReleases(context.Background(), e.kl, func() time.Time { return e.now }); err == nil {
+		t.Fatal("want the failed List reported")
+	}
+	for range 4 {
+		e.poll(t, 20*time.Second)
+	}
+	if !e.exists("0000:01:00.1") || !e.exists("0000:01:00.2") {
+		t.Errorf("a file was removed on incomplete or stale answers: 01:00.1 kept=%v, 01:00.2 kept=%v", e.exists("0000:01:00.1"), e.exists("0000:01:00.2"))
 	}
 }

@@ -38,12 +38,15 @@ func TestUnusableStateFileDegrades(t *testing.T) {
 	}
 	ctx := context.Background()
 	kunits := []pool.Unit{{ID: "0000:01:00.1", Members: []sysfs.Address{"0000:01:00.1"}}}
-	if err := (ForAllocate{m}).Prepare(ctx, &e.cfg.Pools[1], kunits); err != nil {
+	if _, err := (ForAllocate{m}).Prepare(ctx, &e.cfg.Pools[1], kunits); err != nil {
 		t.Errorf("kernel pool refused: %v", err)
 	}
 	pc, units := e.plan("vf")
 	for name, op := range map[string]func() error{
-		"Prepare":    func() error { return ForAllocate{m}.Prepare(ctx, pc, units[:1]) },
+		"Prepare": func() error {
+			_, err := ForAllocate{m}.Prepare(ctx, pc, units[:1])
+			return err
+		},
 		"Release":    func() error { return m.Release(ctx, []sysfs.Address{units[0].ID}) },
 		"RestoreAll": func() error { return m.RestoreAll(ctx) },
 		"Restore":    func() error { return m.Restore(ctx, []sysfs.Address{units[0].ID}) },

@@ -20,7 +20,8 @@
 // unusable state file turns vfio binding off with the reason, Unusable,
 // and kernel pools serve on); ForAllocate{m} as the Allocate Preparer (kernel
 // pools pass through untouched); NewWatcher(m, client, log, 0, 0).Run(ctx)
-// with a client from DialPodResources(DefaultPodResourcesSocket). Crash
+// with a client from DialPodResources(DefaultPodResourcesSocket), and its
+// KubeletRestarted called on every registration with kubelet. Crash
 // tests and the e2e lab stop a process between two writes with the
 // SRIOV_CDI_FAULT environment variable (see FaultEnv).
 package binding

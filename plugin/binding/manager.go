@@ -60,7 +60,13 @@ type options struct {
 	observe    func(op string, d time.Duration, err error)
 	ctx        context.Context
 	degrade    bool
+	procRoot   *string
 }
+
+// WithProcRoot sets where the release watcher looks for processes holding
+// /dev/vfio/<group> open before it restores a released unit ("" = no
+// check). Default: /proc when the root is the host's, none otherwise.
+func WithProcRoot(dir string) Option { return func(o *options) { o.procRoot = &dir } }
 
 // DegradeOnBadStateFile makes NewManager return a Manager even when the
 // state file is unusable (ErrStateFile: truncated, corrupt, invalid): it
@@ -142,6 +148,13 @@ func NewManager(root sysfs.Root, statePath string, log *zap.Logger, opts ...Opti
 		if host {
 			o.blockUsage = func() sysfs.BlockUsage { return sysfs.NewLiveBlockUsage(root, "/proc") }
 		}
+	}
+	if o.procRoot == nil {
+		proc := ""
+		if host {
+			proc = "/proc"
+		}
+		o.procRoot = &proc
 	}
 	spec := os.Getenv(FaultEnv)
 	if o.fault != nil {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -37,22 +40,46 @@ func DialPodResources(socket string) (*grpc.ClientConn, error) {
 // Watcher releases prepared devices that no pod holds any more. The device
 // plugin API has no "deallocate", so it polls kubelet's PodResources List
 // and calls Manager.Release for units that were assigned and are not now.
-// A unit prepared by Allocate but never seen assigned is released after
-// the grace period (the pod never started); units bound by an operator are
-// released only after a pod has used them, and units bound at startup
+// A unit prepared by Allocate but never seen assigned becomes a candidate
+// after the grace period (the pod never started); units bound by an
+// operator only after a pod has used them, and units bound at startup
 // (bindAt: startup) never: their Allocate does not bind again. Only pools
 // with restoreOnRelease are affected.
+//
+// A candidate is released only on evidence that survives a kubelet
+// restart (ReleaseRule, decided by a ReleaseTracker): absent from several
+// consecutive answers over a minimum time, nothing counted within the
+// settle time after kubelet restarted (a failed List, or KubeletRestarted
+// from the plugin when it registers again). And never while a process
+// holds its /dev/vfio/<group> open (QEMU, DPDK), when the Manager has a
+// proc root (WithProcRoot) to tell.
 type Watcher struct {
 	m        *Manager
 	lister   PodLister
 	log      *zap.Logger
 	interval time.Duration
 	grace    time.Duration
+	now      func() time.Time
+
+	mu      sync.Mutex // guards tracker and inUse
+	tracker *ReleaseTracker[sysfs.Address]
+	inUse   map[sysfs.Address]int // units kept because a process holds their group, for logging once
+}
+
+// WatcherOption configures a Watcher.
+type WatcherOption func(*watcherOptions)
+
+type watcherOptions struct{ rule ReleaseRule }
+
+// WithReleaseRule replaces DefaultReleaseRule.
+func WithReleaseRule(r ReleaseRule) WatcherOption {
+	return func(o *watcherOptions) { o.rule = r }
 }
 
 // NewWatcher returns a watcher polling every interval (default 10 s) with
-// the given grace period (default 2 min) for never-assigned units.
-func NewWatcher(m *Manager, lister PodLister, log *zap.Logger, interval, grace time.Duration) *Watcher {
+// the given grace period (default 2 min) for never-assigned units. Its
+// clock is the Manager's.
+func NewWatcher(m *Manager, lister PodLister, log *zap.Logger, interval, grace time.Duration, opts ...WatcherOption) *Watcher {
 	if interval <= 0 {
 		interval = 10 * time.Second
 	}
@@ -62,7 +89,23 @@ func NewWatcher(m *Manager, lister PodLister, log *zap.Logger, interval, grace t
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Watcher{m: m, lister: lister, log: log, interval: interval, grace: grace}
+	o := watcherOptions{rule: DefaultReleaseRule()}
+	for _, f := range opts {
+		f(&o)
+	}
+	now := m.opts.now
+	return &Watcher{m: m, lister: lister, log: log, interval: interval, grace: grace, now: now,
+		tracker: NewReleaseTracker[sysfs.Address](o.rule, now()), inUse: map[sysfs.Address]int{}}
+}
+
+// KubeletRestarted tells the watcher that kubelet (re)started now — the
+// plugin calls it whenever a pool registers — so that the incomplete
+// answers of a starting kubelet release nothing. Safe to call from any
+// goroutine.
+func (w *Watcher) KubeletRestarted() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.tracker.KubeletRestarted(w.now())
 }
 
 // Run polls until ctx ends. A failed poll (kubelet restarting) is logged
@@ -111,28 +154,73 @@ func AssignedDevices(resp *podresourcesv1.ListPodResourcesResponse) map[string]m
 }
 
 // Poll lists the devices kubelet has assigned and releases the prepared
-// units that are no longer among them.
+// units that the release rule says are released and no process uses.
 func (w *Watcher) Poll(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, w.interval)
 	defer cancel()
+	asked := w.now()
 	resp, err := w.lister.List(cctx, &podresourcesv1.ListPodResourcesRequest{})
 	if err != nil {
+		w.mu.Lock()
+		w.tracker.ListFailed()
+		w.mu.Unlock()
 		return fmt.Errorf("list pod resources: %w", err)
 	}
 	assigned := map[sysfs.Address]bool{}
 	for _, ids := range AssignedDevices(resp) {
 		maps.Copy(assigned, ids)
 	}
-	release, err := w.m.observe(ctx, assigned, w.grace)
+	candidates, err := w.m.observe(ctx, assigned, w.grace)
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	release := w.tracker.Observe(asked, assigned, candidates, w.now())
+	w.mu.Unlock()
+	release, err = w.notInUse(release)
 	if err != nil {
 		return err
 	}
 	for _, id := range release {
-		w.log.Info("unit released by kubelet; restoring", zap.String("device", string(id)), zap.String("step", "release"))
+		w.log.Info("unit released by kubelet; restoring", zap.String("device", string(id)), zap.String("group", w.m.groupOf(id)), zap.String("step", "release"))
 	}
 	// Called even with nothing released: it also retries restores that an
 	// earlier failure left.
 	return w.m.Release(ctx, release)
+}
+
+// notInUse drops the units whose /dev/vfio/<group> a process holds open.
+// The proc scan runs only when something is about to be released; when
+// the proc root cannot be read nothing is released (it cannot be told).
+func (w *Watcher) notInUse(units []sysfs.Address) ([]sysfs.Address, error) {
+	proc := *w.m.opts.procRoot
+	if proc == "" || len(units) == 0 {
+		return units, nil
+	}
+	groups := make([]string, len(units))
+	for i, u := range units {
+		groups[i] = w.m.groupOf(u)
+	}
+	held, err := VFIOGroupsInUse(proc, groups)
+	if err != nil {
+		return nil, fmt.Errorf("check whether a process uses the released devices (nothing released): %w", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []sysfs.Address
+	for i, u := range units {
+		pid, busy := held[groups[i]]
+		if !busy {
+			delete(w.inUse, u)
+			out = append(out, u)
+			continue
+		}
+		if w.inUse[u] != pid {
+			w.log.Warn("unit released by kubelet but its vfio group is open; not restoring while it is", zap.String("device", string(u)), zap.String("group", groups[i]), zap.Int("pid", pid))
+		}
+		w.inUse[u] = pid
+	}
+	return out, nil
 }
 
 // observe marks the prepared units seen assigned and returns the units to
@@ -169,4 +257,18 @@ func (m *Manager) observe(ctx context.Context, assigned map[sysfs.Address]bool, 
 		}
 	}
 	return release, nil
+}
+
+// groupOf returns the IOMMU group of a unit's function now (sysfs), or as
+// recorded when it was bound; "" when neither is known.
+func (m *Manager) groupOf(unit sysfs.Address) string {
+	if t, err := os.Readlink(filepath.Join(m.root.PCIDevicePath(unit), "iommu_group")); err == nil {
+		return filepath.Base(t)
+	}
+	for _, r := range m.Records() {
+		if r.Unit == unit && r.Group != "" {
+			return r.Group
+		}
+	}
+	return ""
 }

@@ -145,9 +145,11 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 			return err
 		}
 		opts.PodResources = podresourcesv1.NewPodResourcesListerClient(conn)
+		rw := binding.NewWatcher(bm, podresourcesv1.NewPodResourcesListerClient(conn), log.Named("release"), 0, 0)
+		opts.OnRegistered = rw.KubeletRestarted // kubelet (re)started: its first answers may be incomplete
 		go func() {
 			defer conn.Close()
-			if err := binding.NewWatcher(bm, podresourcesv1.NewPodResourcesListerClient(conn), log.Named("release"), 0, 0).Run(ctx); err != nil && ctx.Err() == nil {
+			if err := rw.Run(ctx); err != nil && ctx.Err() == nil {
 				log.Error("release watcher stopped; released devices stay bound", zap.Error(err))
 			}
 		}()

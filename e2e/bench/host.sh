@@ -41,6 +41,6 @@ for n in ${SIZES:-256 1024 4096}; do
     [ "$mode" = no-live ] && args+=(-no-live)
     # A private mount and network namespace: nothing leaks to the host.
     unshare --mount --net --fork -- "$work/hostbench" "${args[@]}" || echo "| $n | — | $mode | failed (see above) |"
-    rm -rf "$work/$n-$mode"
+    rmdir "$work/$n-$mode" 2>/dev/null || rm -rf "$work/$n-$mode"
   done
 done

@@ -94,6 +94,14 @@ func run(bin, work string, vfs int, noLive bool, ticks int, allocBudget time.Dur
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return "", err
 	}
+	// Everything lives on a tmpfs of this mount namespace, like /sys in
+	// memory, and goes away with the namespace.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return "", fmt.Errorf("make mounts private (run inside unshare --mount): %w", err)
+	}
+	if err := unix.Mount("tmpfs", work, "tmpfs", 0, "mode=755"); err != nil {
+		return "", fmt.Errorf("tmpfs on %q: %w", work, err)
+	}
 	hostDir := filepath.Join(work, "host")
 	b, netdevs := buildTree(hostDir, vfs/vfsPerPF)
 	if err := b.Write(); err != nil {
@@ -309,9 +317,6 @@ func buildTree(dir string, pfs int) (*sysfstest.Builder, []string) {
 // random and urandom bound in, the tree's vfio/ copied) in this private
 // mount namespace.
 func mountHost(work, sys, dev string) error {
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("make mounts private (run inside unshare --mount): %w", err)
-	}
 	if err := unix.Mount(sys, "/sys", "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("bind %q over /sys: %w", sys, err)
 	}

@@ -34,6 +34,7 @@ func pluginCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "health-addr", Value: ":8082", Usage: "address of /healthz, /readyz and /metrics (empty: off)", Sources: ucli.EnvVars("SRIOV_CDI_HEALTH_ADDR")},
 			&ucli.DurationFlag{Name: "rescan-interval", Value: 5 * time.Second, Usage: "safety-net rescan period", Sources: ucli.EnvVars("SRIOV_CDI_RESCAN_INTERVAL")},
 			&ucli.StringFlag{Name: "device-info-dir", Value: deviceinfo.DefaultDir, Usage: "where Multus device-info files for allocated network VFs go (empty: none)", Sources: ucli.EnvVars("SRIOV_CDI_DEVICE_INFO_DIR")},
+			&ucli.StringFlag{Name: "proc-root", Usage: "the host's /proc (hostPID, or the host's /proc mounted), where the release watcher sees which processes hold /dev/vfio/<group> open (default: /proc with --sysfs-root /sys; empty with another root)", Sources: ucli.EnvVars("SRIOV_CDI_PROC_ROOT")},
 			&ucli.StringFlag{Name: "pod-resources-socket", Value: "/var/lib/kubelet/pod-resources/kubelet.sock", Usage: "kubelet's PodResources API, to learn which devices were released (empty: never restore on release)", Sources: ucli.EnvVars("SRIOV_CDI_POD_RESOURCES_SOCKET")},
 			&ucli.BoolFlag{Name: "uevents", Value: true, Usage: "react to kernel uevents (needs the host network namespace)", Sources: ucli.EnvVars("SRIOV_CDI_UEVENTS")},
 		),
@@ -131,6 +132,9 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 	}
 	if fault := os.Getenv("SRIOV_CDI_FAULT"); fault != "" {
 		bopts = append(bopts, binding.WithFault(fault))
+	}
+	if cmd.IsSet("proc-root") {
+		bopts = append(bopts, binding.WithProcRoot(cmd.String("proc-root")))
 	}
 	bm, err := binding.NewManager(opts.Root, cmd.String("state-file"), log.Named("binding"), bopts...)
 	if err != nil {

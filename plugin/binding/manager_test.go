@@ -158,14 +158,16 @@ func TestKernelModeNeverWritesDriverAttributes(t *testing.T) {
 }
 
 // The plugin's Allocate calls Prepare for every pool: through ForAllocate a
-// kernel pool gets nil and nothing is written; a vfio pool is bound.
+// kernel pool gets nil and nothing is written; a vfio pool is bound, and
+// the undo it returns restores what this call bound and nothing else.
 func TestForAllocate(t *testing.T) {
 	e := newEnv(t, 2)
 	m := e.manager()
 	ctx := context.Background()
 	kunits := []pool.Unit{{ID: "0000:01:00.0", Members: []sysfs.Address{"0000:01:00.0"}}}
-	if err := (ForAllocate{m}).Prepare(ctx, &e.cfg.Pools[1], kunits); err != nil {
-		t.Errorf("kernel pool: %v", err)
+	undo, err := (ForAllocate{m}).Prepare(ctx, &e.cfg.Pools[1], kunits)
+	if err != nil || undo != nil {
+		t.Errorf("kernel pool: undo %v, %v; want none", undo != nil, err)
 	}
 	if w := e.k.Writes(); len(w) != 0 {
 		t.Errorf("kernel pool wrote %v", w)
@@ -176,6 +178,22 @@ func TestForAllocate(t *testing.T) {
 	}
 	if diff := cmp.Diff(allOn(vfio, "0000:01:00.1"), e.drivers("0000:01:00.1")); diff != "" {
 		t.Errorf("(-want +got)\n%s", diff)
+	}
+	// Both units in one request: only the second is bound by it.
+	undo, err = (ForAllocate{m}).Prepare(ctx, pc, units[:2])
+	if err != nil || undo == nil {
+		t.Fatalf("second Prepare: undo %v, %v", undo != nil, err)
+	}
+	if err := undo(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := allOn(vfio, "0000:01:00.1")
+	want["0000:01:00.2"] = iavf
+	if diff := cmp.Diff(want, e.drivers("0000:01:00.1", "0000:01:00.2")); diff != "" {
+		t.Errorf("after undo (-want +got)\n%s", diff)
+	}
+	if undo, err := (ForAllocate{m}).Prepare(ctx, pc, units[:1]); err != nil || undo != nil {
+		t.Errorf("Prepare of a bound unit: undo %v, %v; want none", undo != nil, err)
 	}
 }
 

@@ -4,17 +4,22 @@ BIN     ?= bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/sriov-cdi/sriov-cdi/cmd/internal/version.Version=$(VERSION)
 
-.PHONY: all build image test vet fmt-check race fuzz bench bench-host e2e-kernel e2e-kubelet test-kubelet-client clean
+.PHONY: all build image test vet fmt-check race fuzz bench bench-host e2e-kernel e2e-kubelet e2e-cluster test-kubelet-client clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/sriov-cdi ./cmd/sriov-cdi
 
-# Container image (deployments/Dockerfile); skipped with a message where no
-# Docker or Buildah engine runs.
+# Container image without a container engine (deployments/imagebuild): an OCI image layout
+# tar at $(IMAGE_TAR), reproducible, for `ctr -n k8s.io images import`; PUSH=1 also pushes
+# $(IMAGE) (credentials from ~/.docker/config.json). Fails when it cannot build.
+# deployments/image.sh builds the same image from deployments/Dockerfile with docker or buildah.
+IMAGE     ?= ghcr.io/sriov-cdi/sriov-cdi:$(VERSION)
+IMAGE_TAR ?= $(BIN)/sriov-cdi-image.tar
 image:
-	bash deployments/image.sh
+	$(GO) -C deployments/imagebuild run . -repo "$(CURDIR)" -version '$(VERSION)' -image '$(IMAGE)' \
+	  -out '$(abspath $(IMAGE_TAR))' $(if $(filter 1,$(PUSH)),-push)
 
 # The test command (README, .ci/run): formatting, vet, then every unit test under the race detector.
 test: fmt-check vet race
@@ -59,6 +64,11 @@ e2e-kernel:
 # Lab 2: a real kubelet + containerd + runc with CDI, standalone.
 e2e-kubelet:
 	bash e2e/kubelet/run.sh
+
+# Lab 3: a real cluster (etcd, API server, controller-manager, scheduler, kubelet, containerd,
+# CNI); the image from `make image` installed with helm, as a user does (e2e/cluster/README.md).
+e2e-cluster:
+	bash e2e/cluster/run.sh
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,784 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317 # functions run from traps and wait_for
+# Lab 3: a real one-node cluster, and sriov-cdi installed into it the way a
+# user does: the image from `make image` imported into containerd, a
+# namespace with the pod-security label, `helm install` with a pools file.
+#
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
+# kubectl are built from the Go module proxy (e2e/cluster/etcd, e2e/k8s),
+# containerd likewise; runc and the CNI plugins (bridge, host-local,
+# loopback) are Debian's. Everything is cached by version under $E2E_CACHE.
+# The host has no SR-IOV: the chart's hostPaths.sys/hostPaths.dev point the
+# plugin at the real-kernel sysfs snapshot (sysfs/sample); every other value
+# is the chart's default.
+#
+# Environment:
+#   E2E_CACHE   build cache (default /var/cache/sriov-cdi-e2e)
+#   E2E_KEEP=1  keep the work dir (logs, state) after the run (kept on failure unless 0)
+#   E2E_IMAGE   use this image archive (OCI layout tar) instead of `make image`
+#
+# Output: one `E2E PASS|FAIL <name> <detail>` line per scenario, with log
+# tails on failure, then `e2e-cluster: N passed, M failed, K skipped`.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LAB=e2e-cluster
+CACHE=${E2E_CACHE:-/var/cache/sriov-cdi-e2e}
+# shellcheck source=../lib.sh
+source "$REPO/e2e/lib.sh"
+
+ETCD_MOD="$REPO/e2e/cluster/etcd"
+ETCD_VERSION=$(awk '$1 == "go.etcd.io/etcd/server/v3" && $2 ~ /^v/ { print $2; exit }' "$ETCD_MOD/go.mod")
+ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
+SNAPSHOT="$REPO/sysfs/sample/nvme-sriov-acs.tar.gz"
+CHART="$REPO/deployments/helm/sriov-cdi"
+
+NODE=e2e-node
+NS=sriov-cdi
+RELEASE=sriov-cdi
+PREFIX=sriov-cdi.io
+KPOOL=nvme # kernel pool: 0000:02:00.1, 0000:02:00.2 (nvme driver)
+KDEVS=(0000:02:00.1 0000:02:00.2)
+VPOOL=vf # vfio pool: 0000:01:00.2 (group 8, vfio-pci); grown in s2
+ETCD_PORT=23790
+APISERVER_PORT=6443
+DP_DIR=/var/lib/kubelet/device-plugins # fixed in kubelet, the chart's default
+CDI_DIR=/var/run/cdi                   # the chart's default
+DEVINFO_DIR=/var/run/k8s.cni.cncf.io/devinfo/dp
+STATE_DIR=/var/lib/sriov-cdi
+
+[[ $(id -u) == 0 ]] || die "must run as root"
+[[ -n $K8S_VERSION && -n $ETCD_VERSION ]] || die "no kubernetes/etcd version in e2e/k8s/go.mod, e2e/cluster/etcd/go.mod"
+command -v go >/dev/null || die "go is not installed"
+
+# ---------------------------------------------------------------------------
+# Builds (cached by version).
+
+build_etcd() {
+	if [[ -x $ETCD_DIR/etcd ]]; then
+		log "etcd $ETCD_VERSION: cached in $ETCD_DIR"
+		return
+	fi
+	log "building etcd $ETCD_VERSION (cold: a few minutes)"
+	local t
+	t=$(date +%s)
+	mkdir -p "$ETCD_DIR"
+	(cd "$ETCD_MOD" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$ETCD_DIR/etcd.tmp" go.etcd.io/etcd/server/v3) ||
+		die "go build etcd $ETCD_VERSION failed"
+	mv "$ETCD_DIR/etcd.tmp" "$ETCD_DIR/etcd"
+	log "built etcd in $(($(date +%s) - t))s"
+}
+
+build_helm() {
+	bash "$REPO/deployments/install-helm.sh" >&2 || die "deployments/install-helm.sh failed"
+	HELM=$(go env GOBIN)
+	[[ -n $HELM ]] || HELM=$(go env GOPATH)/bin
+	HELM=$HELM/helm
+}
+
+build_image() { # sets IMAGE_TAR and TAG
+	TAG=$(git -C "$REPO" describe --tags --always --dirty 2>/dev/null || echo dev)
+	if [[ -n ${E2E_IMAGE:-} ]]; then
+		IMAGE_TAR=$E2E_IMAGE
+		TAG=$(tar -xOf "$IMAGE_TAR" index.json | jq -r '.manifests[0].annotations["io.containerd.image.name"]')
+		TAG=${TAG##*:}
+		return
+	fi
+	IMAGE_TAR=$WORK/sriov-cdi-image.tar
+	log "make image (tag $TAG)"
+	make -C "$REPO" --no-print-directory image VERSION="$TAG" IMAGE_TAR="$IMAGE_TAR" >&2 || die "make image failed"
+}
+
+# ---------------------------------------------------------------------------
+# Processes and cleanup.
+
+WORK=
+ETCD_PID='' APISERVER_PID='' CM_PID='' SCHED_PID='' CONTAINERD_PID='' KUBELET_PID=''
+CDI_BEFORE='' DEVINFO_BEFORE='' DP_BEFORE=''
+KUBELET_VAR_EXISTED=1 STATE_EXISTED=1 DEVINFO_EXISTED=1 MADE_SHARED=0
+KUBELET_N=0
+
+cleanup() {
+	local rc=$?
+	set +e
+	trap - EXIT INT TERM
+	if [[ -n $WORK && -d $WORK ]]; then
+		log "cleanup"
+		if [[ -n $APISERVER_PID ]] && kill -0 "$APISERVER_PID" 2>/dev/null; then
+			k delete pod --all -n default --wait=false >/dev/null 2>&1
+			"$HELM" --kubeconfig "$KCFG" uninstall "$RELEASE" -n "$NS" --wait --timeout 60s >/dev/null 2>&1
+			wait_for 60 "pods to go" no_pod_containers
+		fi
+		stop_pid "$KUBELET_PID" kubelet
+		if [[ -n $CONTAINERD_PID ]] && kill -0 "$CONTAINERD_PID" 2>/dev/null; then
+			remove_all_containers
+		fi
+		stop_pid "$CONTAINERD_PID" containerd
+		kill_shims "$WORK/containerd/containerd.sock"
+		stop_pid "$SCHED_PID" kube-scheduler
+		stop_pid "$CM_PID" kube-controller-manager
+		stop_pid "$APISERVER_PID" kube-apiserver
+		stop_pid "$ETCD_PID" etcd
+		unmount_under "$WORK"
+		unmount_under /var/lib/kubelet/pods
+		ip link del cni0 2>/dev/null
+		local f
+		for f in "$CDI_DIR"/*; do
+			[[ -e $f ]] || continue
+			grep -qxF "$f" <<<"$CDI_BEFORE" || rm -f "$f"
+		done
+		for f in "$DEVINFO_DIR"/*; do
+			[[ -e $f ]] || continue
+			grep -qxF "$f" <<<"$DEVINFO_BEFORE" || rm -f "$f"
+		done
+		[[ $DEVINFO_EXISTED == 1 ]] || rm -rf "$DEVINFO_DIR"
+		[[ $STATE_EXISTED == 1 ]] || rm -rf "$STATE_DIR"
+		if [[ $KUBELET_VAR_EXISTED == 0 ]]; then
+			rm -rf /var/lib/kubelet
+		else
+			for f in "$DP_DIR"/*; do
+				[[ -e $f ]] || continue
+				grep -qxF "$f" <<<"$DP_BEFORE" || rm -f "$f"
+			done
+		fi
+		[[ $MADE_SHARED == 0 ]] || mount --make-rprivate / 2>/dev/null
+		if [[ ${E2E_KEEP:-} == 1 || $rc != 0 && ${E2E_KEEP:-} != 0 ]]; then
+			log "kept $WORK"
+		else
+			rm -rf "$WORK"
+		fi
+	fi
+	exit "$rc"
+}
+
+ctr_() { "$CTRD_DIR/bin/ctr" -a "$WORK/containerd/containerd.sock" -n k8s.io "$@"; }
+k() { "$KUBE_DIR/kubectl" --kubeconfig "$KCFG" "$@"; }
+
+no_pod_containers() {
+	local t
+	t=$(ctr_ tasks ls -q 2>/dev/null) || return 0
+	[[ -z $t ]]
+}
+
+remove_all_containers() {
+	local id
+	for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1; done
+	sleep 1
+	for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks rm -f "$id" >/dev/null 2>&1; done
+	for id in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers rm "$id" >/dev/null 2>&1; done
+}
+
+# ---------------------------------------------------------------------------
+# The control plane.
+
+make_pki() {
+	local p=$WORK/pki
+	mkdir -p "$p"
+	(
+		cd "$p"
+		openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj "/CN=sriov-cdi-e2e-ca" 2>/dev/null
+		cat >apiserver.ext <<EOF
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$NODE_IP,IP:10.96.0.1
+extendedKeyUsage=serverAuth
+EOF
+		openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
+		openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt -days 2 -extfile apiserver.ext 2>/dev/null
+		openssl genrsa -out sa.key 2048 2>/dev/null
+		openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+	) || die "openssl failed"
+	ADMIN_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+	local kubelet_token
+	kubelet_token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+	printf '%s,admin,admin,"system:masters"\n%s,system:node:%s,kubelet-%s,"system:nodes"\n' \
+		"$ADMIN_TOKEN" "$kubelet_token" "$NODE" "$NODE" >"$p/tokens.csv"
+	kubeconfig "$WORK/admin.kubeconfig" admin "$ADMIN_TOKEN"
+	kubeconfig "$WORK/kubelet.kubeconfig" "system:node:$NODE" "$kubelet_token"
+	KCFG=$WORK/admin.kubeconfig
+}
+
+kubeconfig() { # kubeconfig FILE USER TOKEN
+	cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $WORK/pki/ca.crt
+users:
+- name: $2
+  user:
+    token: $3
+contexts:
+- name: e2e
+  context: {cluster: e2e, user: "$2"}
+current-context: e2e
+EOF
+}
+
+start_etcd() {
+	log "starting etcd"
+	"$ETCD_DIR/etcd" --name e2e --data-dir "$WORK/etcd" \
+		--listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+		--listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" \
+		--initial-cluster "e2e=http://127.0.0.1:$((ETCD_PORT + 10))" --unsafe-no-fsync \
+		--log-level warn >"$WORK/logs/etcd.log" 2>&1 &
+	ETCD_PID=$!
+	wait_for 30 "etcd" curl -sf "http://127.0.0.1:$ETCD_PORT/health" || fail_setup "etcd did not start"
+}
+
+start_control_plane() {
+	local p=$WORK/pki
+	log "starting kube-apiserver"
+	"$KUBE_DIR/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+		--secure-port "$APISERVER_PORT" --advertise-address "$NODE_IP" \
+		--tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
+		--client-ca-file "$p/ca.crt" --token-auth-file "$p/tokens.csv" \
+		--service-account-issuer https://kubernetes.default.svc --service-account-key-file "$p/sa.pub" \
+		--service-account-signing-key-file "$p/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
+		--authorization-mode Node,RBAC --allow-privileged=true \
+		--enable-priority-and-fairness=false --profiling=false --v 1 >"$WORK/logs/kube-apiserver.log" 2>&1 &
+	APISERVER_PID=$!
+	wait_for 120 "kube-apiserver /readyz" k get --raw /readyz || fail_setup "kube-apiserver not ready"
+	log "starting kube-controller-manager and kube-scheduler"
+	"$KUBE_DIR/kube-controller-manager" --kubeconfig "$KCFG" --authentication-kubeconfig "$KCFG" --authorization-kubeconfig "$KCFG" \
+		--service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
+		--use-service-account-credentials=true --leader-elect=false --bind-address 127.0.0.1 \
+		--profiling=false --v 1 >"$WORK/logs/kube-controller-manager.log" 2>&1 &
+	CM_PID=$!
+	"$KUBE_DIR/kube-scheduler" --kubeconfig "$KCFG" --authentication-kubeconfig "$KCFG" --authorization-kubeconfig "$KCFG" \
+		--leader-elect=false --bind-address 127.0.0.1 --profiling=false --v 1 >"$WORK/logs/kube-scheduler.log" 2>&1 &
+	SCHED_PID=$!
+	wait_for 90 "the default service account" k get serviceaccount default -n default || fail_setup "no default service account (controller-manager)"
+}
+
+# ---------------------------------------------------------------------------
+# The node: containerd with CNI, kubelet.
+
+start_containerd() {
+	local c=$WORK/containerd
+	mkdir -p "$c/root" "$c/state" "$CDI_DIR" "$WORK/cni/net.d" "$WORK/cni/ipam"
+	# bridge + host-local from Debian's containernetworking-plugins; no masquerade (no
+	# iptables rules on the host), the bridge is the pods' gateway.
+	cat >"$WORK/cni/net.d/10-e2e.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "sriov-cdi-e2e",
+  "plugins": [
+    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "dataDir": "$WORK/cni/ipam", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "loopback"}
+  ]
+}
+EOF
+	cat >"$c/config.toml" <<EOF
+version = 4
+root = "$c/root"
+state = "$c/state"
+imports = []
+
+[plugins.'io.containerd.server.v1.grpc']
+  address = "$c/containerd.sock"
+[plugins.'io.containerd.server.v1.ttrpc']
+  address = "$c/containerd.sock.ttrpc"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "$PAUSE_IMAGE"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  cdi_spec_dirs = ["$CDI_DIR"]
+  # This VM lacks CAP_SYS_RESOURCE: runc could not raise oom_score_adj.
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "$WORK/cni/net.d"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "$(command -v runc)"
+        SystemdCgroup = false
+EOF
+	log "starting containerd"
+	PATH="$CTRD_DIR/bin:$PATH" "$CTRD_DIR/bin/containerd" --config "$c/config.toml" --log-level debug \
+		>"$WORK/logs/containerd.log" 2>&1 &
+	CONTAINERD_PID=$!
+	wait_for 30 "containerd socket" ctr_ version || fail_setup "containerd did not start"
+	local img
+	for img in "$IMG_DIR/busybox.tar" "$IMG_DIR/pause.tar" "$IMAGE_TAR"; do
+		ctr_ images import --platform linux/amd64 "$img" >/dev/null || fail_setup "ctr -n k8s.io images import $img"
+	done
+	log "imported $(ctr_ images ls -q | grep -c .) images: $(ctr_ images ls -q | grep sriov-cdi | paste -sd' ')"
+}
+
+start_kubelet() {
+	KUBELET_N=$((KUBELET_N + 1))
+	KUBELET_LOG=$WORK/logs/kubelet-$KUBELET_N.log
+	mkdir -p "$WORK/pod-logs"
+	cat >"$WORK/kubelet-config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+authentication:
+  anonymous:
+    enabled: true
+  webhook:
+    enabled: false
+authorization:
+  mode: AlwaysAllow
+readOnlyPort: 0
+containerRuntimeEndpoint: unix://$WORK/containerd/containerd.sock
+cgroupDriver: cgroupfs
+failCgroupV1: false
+failSwapOn: false
+syncFrequency: 5s
+podLogsDir: $WORK/pod-logs
+enforceNodeAllocatable: []
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: "1Mi"
+  nodefs.available: "1%"
+  imagefs.available: "1%"
+EOF
+	log "starting kubelet #$KUBELET_N"
+	"$KUBE_DIR/kubelet" --config "$WORK/kubelet-config.yaml" --kubeconfig "$WORK/kubelet.kubeconfig" \
+		--cert-dir "$WORK/kubelet-pki" --hostname-override "$NODE" --node-ip "$NODE_IP" --v 2 >"$KUBELET_LOG" 2>&1 &
+	KUBELET_PID=$!
+	wait_for 30 "kubelet.sock" test -S "$DP_DIR/kubelet.sock" || fail_setup "kubelet did not create $DP_DIR/kubelet.sock"
+}
+
+restart_kubelet() {
+	stop_pid "$KUBELET_PID" kubelet
+	KUBELET_PID=
+	start_kubelet
+}
+
+# ---------------------------------------------------------------------------
+# The fixture (the host's "sysfs" and "dev") and the pools.
+
+make_fixture() {
+	FIX=$WORK/fixture
+	mkdir -p "$FIX"
+	tar -xzf "$SNAPSHOT" -C "$FIX"
+	# The snapshot's /dev/vfio entries are empty files: make real char nodes.
+	local name majmin mode
+	while read -r name majmin mode; do
+		[[ -n $name ]] || continue
+		rm -f "$FIX/dev/vfio/$name"
+		mknod -m "$mode" "$FIX/dev/vfio/$name" c "${majmin%%:*}" "${majmin##*:}"
+	done <"$FIX/dev-vfio.txt"
+	cat >"$WORK/pools.yaml" <<EOF
+resourcePrefix: $PREFIX
+pools:
+  - name: $KPOOL
+    mode: kernel
+    selectors:
+      rootDevices: ["0000:02:00.0"]
+  - name: $VPOOL
+    mode: vfio
+    allowUnbindFrom: [nvme]
+    selectors:
+      pciAddresses: ["0000:01:00.2"]
+EOF
+	# s2: the vfio pool grows by one VF and a pool appears.
+	cat >"$WORK/pools-2.yaml" <<EOF
+resourcePrefix: $PREFIX
+pools:
+  - name: $KPOOL
+    mode: kernel
+    selectors:
+      rootDevices: ["0000:02:00.0"]
+  - name: $VPOOL
+    mode: vfio
+    allowUnbindFrom: [nvme]
+    selectors:
+      pciAddresses: ["0000:01:00.2", "0000:01:00.3"]
+  - name: $VPOOL-spare
+    mode: vfio
+    selectors:
+      pciAddresses: ["0000:01:00.4"]
+EOF
+}
+
+fixture_digest() { (cd "$FIX" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16); }
+
+# ---------------------------------------------------------------------------
+# Queries.
+
+allocatable() { # allocatable RESOURCE: the node's allocatable count (empty if none)
+	k get node "$NODE" -o json 2>/dev/null | jq -r --arg r "$1" '.status.allocatable[$r] // empty'
+}
+allocatable_is() { [[ $(allocatable "$1") == "$2" ]]; }
+
+plugin_pod() { k get pods -n "$NS" -l app.kubernetes.io/name=sriov-cdi -o jsonpath='{.items[0].metadata.name}' 2>/dev/null; }
+plugin_pod_field() { k get pods -n "$NS" -l app.kubernetes.io/name=sriov-cdi -o jsonpath="{.items[0]$1}" 2>/dev/null; }
+ds_ready() {
+	local st
+	st=$(k get ds -n "$NS" "$RELEASE" -o jsonpath='{.status.desiredNumberScheduled} {.status.numberReady} {.status.updatedNumberScheduled}' 2>/dev/null)
+	[[ $st == "1 1 1" ]]
+}
+
+pod_field() { k get pod "$1" -n default -o jsonpath="$2" 2>/dev/null; }
+pod_running() { [[ $(pod_field "$1" '{.status.phase}') == Running ]]; }
+container_id() { pod_field "$1" '{.status.containerStatuses[0].containerID}/{.status.containerStatuses[0].restartCount}'; }
+pod_logs() { k logs "$1" -n default 2>/dev/null; }
+pod_printed() { [[ $(pod_logs "$1") == *E2E-END* ]]; }
+
+# pod NAME RESOURCE=N...: a busybox pod that prints /dev/vfio and its
+# environment (from /proc/1/environ: a shell drops names with '-') and sleeps.
+pod() {
+	local name=$1 r
+	shift
+	{
+		cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $name
+  namespace: default
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: $BUSYBOX_IMAGE
+    imagePullPolicy: Never
+    command:
+    - /bin/sh
+    - -c
+    - |
+      echo E2E-BEGIN
+      ls -l /dev/vfio 2>&1
+      tr '\0' '\n' </proc/1/environ | sort
+      echo E2E-END
+      trap 'exit 0' TERM
+      while :; do sleep 1; done
+    resources:
+      limits:
+EOF
+		for r in "$@"; do echo "        $r" | sed 's/=/: "/; s/$/"/'; done
+	} | k apply -f - >/dev/null
+}
+
+# run_pod NAME RESOURCE=N...: start it, wait until it runs and printed.
+run_pod() {
+	local name=$1
+	POD_ERR=
+	pod "$@" || { POD_ERR="kubectl apply failed"; return 1; }
+	if ! wait_for 120 "pod $name Running" pod_running "$name"; then
+		POD_ERR="pod $name not Running: $(pod_field "$name" '{.status.phase} {.status.reason} {.status.message} {.status.containerStatuses[0].state.waiting}') events: $(k get events -n default --field-selector "involvedObject.name=$name" -o jsonpath='{range .items[*]}{.reason}: {.message}; {end}' | tail -c 600)"
+		return 1
+	fi
+	wait_for 30 "pod $name output" pod_printed "$name" || { POD_ERR="pod $name printed no complete output"; return 1; }
+}
+
+pod_env() { pod_logs "$1" | sed -n "s/^$2=//p"; }
+
+# kubelet's checkpoint: every device it has assigned, one "RESOURCE ID" per line
+# (the same source the PodResources API answers from).
+assigned_devices() {
+	jq -r '.Data.PodDeviceEntries // [] | .[] | .ResourceName as $r | .DeviceIDs | to_entries[] | .value[] | "\($r) \(.)"' \
+		"$DP_DIR/kubelet_internal_checkpoint" 2>/dev/null
+}
+
+env_suffix() { tr 'a-z./' 'A-Z__' <<<"$1"; }
+
+metric() { # metric NAME{LABELS}: the plugin's metric value (host network, port 8082)
+	curl -sf --max-time 3 http://127.0.0.1:8082/metrics | awk -v m="$1" 'index($0, m) == 1 { print $2 }'
+}
+
+failure_context() {
+	local f pat
+	echo "---- kubectl get pods -A -o wide" >&2
+	k get pods -A -o wide 2>&1 | tail -n 10 >&2 || true
+	echo "---- plugin pod log (last 15 lines)" >&2
+	k logs -n "$NS" -l app.kubernetes.io/name=sriov-cdi --tail 15 2>&1 | cut -c1-300 >&2 || true
+	for f in "$KUBELET_LOG" "$WORK/logs/containerd.log" "$WORK/logs/kube-apiserver.log" "$WORK/logs/kube-controller-manager.log" "$WORK/logs/kube-scheduler.log"; do
+		[[ -f $f ]] || continue
+		case ${f##*/} in
+		kubelet*) pat='^E[0-9]{4} |^W[0-9]{4} .*(device|plugin|admission)|registration request' ;;
+		containerd*) pat='level=(error|warning)|CDI devices from' ;;
+		*) pat='^E[0-9]{4} ' ;;
+		esac
+		echo "---- ${f#"$WORK"/}: last errors" >&2
+		grep -Ei "$pat" "$f" |
+			grep -v -e 'cgroup v1 is deprecated' -e 'StatsCollector' -e 'fsverity' |
+			sed -E 's/^[IEW][0-9]{4} [0-9:.]+ +[0-9]+ //; s/^time="[^"]*" //' |
+			awk '!seen[$0]++' | tail -n 8 | cut -c1-400 >&2 || true
+	done
+}
+
+fail() { # fail NAME DETAIL
+	result FAIL "$1" "$2"
+	failure_context
+}
+
+fail_setup() {
+	failure_context
+	die "$*"
+}
+
+# ---------------------------------------------------------------------------
+# Scenarios.
+
+KRES=$PREFIX/$KPOOL
+VRES=$PREFIX/$VPOOL
+KENV=$(env_suffix "$KRES")
+
+# s1: install as a user does -> DaemonSet Ready -> allocatable -> a pod with a device.
+s1_install() {
+	local n=s1-install-pod-with-device t
+	t=$(date +%s)
+	k create namespace "$NS" >/dev/null || { fail $n "kubectl create namespace failed"; return 1; }
+	k label namespace "$NS" pod-security.kubernetes.io/enforce=privileged >/dev/null || { fail $n "label namespace failed"; return 1; }
+	local out
+	if ! out=$("$HELM" --kubeconfig "$KCFG" install "$RELEASE" "$CHART" -n "$NS" \
+		--set-file configFile="$WORK/pools.yaml" --set image.tag="$TAG" \
+		--set hostPaths.sys="$FIX/sys" --set hostPaths.dev="$FIX/dev" 2>&1); then
+		fail $n "helm install failed: $(tail -n 5 <<<"$out" | tr '\n' '|')"
+		return 1
+	fi
+	if ! wait_for 180 "DaemonSet Ready" ds_ready; then
+		fail $n "DaemonSet not Ready within 180 s: $(k get pods -n "$NS" -o wide 2>&1 | tail -n 2 | tr '\n' '|')"
+		return 1
+	fi
+	log "DaemonSet Ready $(($(date +%s) - t))s after helm install"
+	if ! wait_for 30 "allocatable" allocatable_is "$KRES" 2 || ! wait_for 10 "allocatable" allocatable_is "$VRES" 1; then
+		fail $n "node allocatable $KRES=$(allocatable "$KRES") $VRES=$(allocatable "$VRES"), want 2 and 1"
+		return 1
+	fi
+	if ! run_pod s1 "$KRES=1"; then fail $n "$POD_ERR"; return 1; fi
+	local errs=() dev res ip
+	dev=$(pod_env s1 "PCIDEVICE_$KENV")
+	res=$(pod_env s1 "PCI_RESOURCE_$KENV")
+	[[ $dev == "${KDEVS[0]}" || $dev == "${KDEVS[1]}" ]] || errs+=("PCIDEVICE_$KENV=${dev:-<unset>}, want one of ${KDEVS[*]}")
+	[[ -n $dev && $res == "$dev" ]] || errs+=("PCI_RESOURCE_$KENV=${res:-<unset>}, want $dev")
+	# CDI: containerd resolved the device from our spec in /var/run/cdi.
+	grep -q "CDI devices from CRI Config.CDIDevices: \[$KRES=$dev\]" "$WORK/logs/containerd.log" ||
+		errs+=("containerd did not inject CDI device $KRES=$dev (no 'CDI devices from CRI Config.CDIDevices' line)")
+	ip=$(pod_field s1 '{.status.podIP}')
+	[[ $ip == 10.88.* ]] || errs+=("pod IP ${ip:-<none>} is not from the CNI bridge network 10.88.0.0/16")
+	S1_DEV=$dev
+	S1_CID=$(container_id s1)
+	if ((${#errs[@]})); then
+		pod_logs s1 | sed 's/^/  s1| /' >&2
+		fail $n "$(IFS=';'; echo "${errs[*]}")"
+		return 1
+	fi
+	result PASS $n "helm install -> Ready in $(($(date +%s) - t))s, allocatable $KRES=2 $VRES=1; pod s1 (IP $ip via CNI bridge) got CDI device $KRES=$dev and PCIDEVICE_$KENV=PCI_RESOURCE_$KENV=$dev"
+}
+
+# s2: helm upgrade with other pools -> allocatable follows, the plugin is not restarted.
+s2_upgrade_pools() {
+	local n=s2-upgrade-pools uid0 restarts0 t out
+	uid0=$(plugin_pod_field .metadata.uid)
+	restarts0=$(plugin_pod_field '.status.containerStatuses[0].restartCount')
+	t=$(date +%s)
+	if ! out=$("$HELM" --kubeconfig "$KCFG" upgrade "$RELEASE" "$CHART" -n "$NS" --reuse-values \
+		--set-file configFile="$WORK/pools-2.yaml" 2>&1); then
+		fail $n "helm upgrade failed: $(tail -n 5 <<<"$out" | tr '\n' '|')"
+		return
+	fi
+	if ! wait_for 150 "allocatable to follow the new pools" allocatable_is "$VRES" 2 ||
+		! wait_for 10 "new pool" allocatable_is "$VRES-spare" 1; then
+		fail $n "after helm upgrade: allocatable $VRES=$(allocatable "$VRES") $VRES-spare=$(allocatable "$VRES-spare"), want 2 and 1"
+		return
+	fi
+	local took=$(($(date +%s) - t)) errs=()
+	[[ $(plugin_pod_field .metadata.uid) == "$uid0" ]] || errs+=("the plugin pod was replaced")
+	[[ $(plugin_pod_field '.status.containerStatuses[0].restartCount') == "$restarts0" ]] || errs+=("the plugin container restarted")
+	allocatable_is "$KRES" 2 || errs+=("$KRES allocatable $(allocatable "$KRES"), want 2")
+	[[ $(container_id s1) == "$S1_CID" ]] && pod_running s1 || errs+=("pod s1 was disturbed: $(container_id s1) vs $S1_CID")
+	if ((${#errs[@]})); then
+		fail $n "$(IFS=';'; echo "${errs[*]}")"
+	else
+		result PASS $n "ConfigMap changed by helm upgrade; allocatable $VRES=2 $VRES-spare=1 after ${took}s, same plugin pod, no restart, pod s1 untouched"
+	fi
+}
+
+# s3: the plugin pod is deleted (the DaemonSet makes a new one) -> running pods untouched,
+# allocatable back within 10 s of the new pod being Ready, a new pod gets the free device
+# and no device is assigned twice (kubelet's checkpoint, what PodResources reports).
+s3_plugin_pod_deleted() {
+	local n=s3-plugin-pod-deleted old t errs=()
+	old=$(plugin_pod)
+	t=$(date +%s)
+	k delete pod -n "$NS" "$old" --wait=false >/dev/null
+	wait_for 120 "a new plugin pod Ready" ds_ready_new "$old" || { fail $n "no new plugin pod Ready within 120 s"; return; }
+	local ready=$(($(date +%s) - t)) back
+	if ! wait_for 10 "allocatable back" allocatable_is "$KRES" 2; then
+		errs+=("allocatable $KRES=$(allocatable "$KRES") 10 s after the new plugin pod was Ready, want 2")
+	fi
+	back=$(($(date +%s) - t))
+	# A new pod asks for the last free device of the kernel pool.
+	if run_pod s3 "$KRES=1"; then
+		local d3
+		d3=$(pod_env s3 "PCIDEVICE_$KENV")
+		[[ -n $d3 && $d3 != "$S1_DEV" ]] || errs+=("pod s3 got ${d3:-nothing}; s1 holds $S1_DEV")
+	else
+		errs+=("$POD_ERR")
+	fi
+	[[ $(container_id s1) == "$S1_CID" ]] && pod_running s1 || errs+=("pod s1 was disturbed")
+	local dup
+	dup=$(assigned_devices | sort | uniq -d | paste -sd,)
+	[[ -z $dup ]] || errs+=("kubelet assigned $dup twice")
+	if ((${#errs[@]})); then
+		fail $n "$(IFS=';'; echo "${errs[*]}")"
+	else
+		result PASS $n "new plugin pod Ready ${ready}s after the delete, allocatable back at ${back}s; s1 untouched; s3 got $(pod_env s3 "PCIDEVICE_$KENV") (no device assigned twice)"
+	fi
+	k delete pod s3 -n default --wait=true --timeout 60s >/dev/null 2>&1 || true
+}
+
+ds_ready_new() { [[ $(plugin_pod) != "$1" ]] && ds_ready; }
+
+# s4: kubelet restarts -> the plugin re-registers, running pods untouched.
+s4_kubelet_restart() {
+	local n=s4-kubelet-restart uid0 restarts0 reg0 t errs=()
+	uid0=$(plugin_pod_field .metadata.uid)
+	restarts0=$(plugin_pod_field '.status.containerStatuses[0].restartCount')
+	reg0=$(metric "sriov_cdi_registrations_total{resource=\"$KRES\"}")
+	t=$(date +%s)
+	restart_kubelet
+	if ! wait_for 60 "re-registration" registered_again "${reg0:-0}"; then
+		fail $n "sriov_cdi_registrations_total{resource=\"$KRES\"} stayed ${reg0:-<none>} after the kubelet restart"
+		return
+	fi
+	local reg=$(($(date +%s) - t))
+	wait_for 60 "allocatable" allocatable_is "$KRES" 2 || errs+=("allocatable $KRES=$(allocatable "$KRES") after the restart, want 2")
+	[[ $(plugin_pod_field .metadata.uid) == "$uid0" && $(plugin_pod_field '.status.containerStatuses[0].restartCount') == "$restarts0" ]] ||
+		errs+=("the plugin pod was restarted or replaced")
+	sleep 5 # kubelet's first pod sync after the restart
+	[[ $(container_id s1) == "$S1_CID" ]] && pod_running s1 || errs+=("pod s1 was disturbed: $(container_id s1) vs $S1_CID")
+	if run_pod s4 "$KRES=1"; then
+		local d4
+		d4=$(pod_env s4 "PCIDEVICE_$KENV")
+		[[ -n $d4 && $d4 != "$S1_DEV" ]] || errs+=("pod s4 got ${d4:-nothing}; s1 holds $S1_DEV")
+	else
+		errs+=("$POD_ERR")
+	fi
+	if ((${#errs[@]})); then
+		fail $n "$(IFS=';'; echo "${errs[*]}")"
+	else
+		result PASS $n "re-registered ${reg}s after the kubelet restart (registrations $reg0 -> $(metric "sriov_cdi_registrations_total{resource=\"$KRES\"}")); plugin pod and s1 untouched; new pod s4 got $(pod_env s4 "PCIDEVICE_$KENV")"
+	fi
+}
+
+registered_again() {
+	local v
+	v=$(metric "sriov_cdi_registrations_total{resource=\"$KRES\"}")
+	[[ -n $v ]] && (($(printf '%.0f' "$v") > $(printf '%.0f' "$1")))
+}
+
+# s6: helm uninstall -> our sockets, CDI specs and device-info files are gone; the
+# host's (another plugin's socket, another vendor's CDI spec, another device-info
+# file, the sysfs tree) are untouched.
+s6_uninstall() {
+	local n=s6-uninstall errs=() f
+	k delete pod --all -n default --wait=true --timeout 60s >/dev/null 2>&1 || true
+	# Things of the host's, made now (kubelet empties its directory when it starts).
+	local decoys=("$DP_DIR/other-vendor.sock" "$CDI_DIR/e2e-host-vendor.yaml" "$DEVINFO_DIR/e2e-host-other-device.json")
+	mkdir -p "$DEVINFO_DIR"
+	: >"${decoys[0]}"
+	printf 'cdiVersion: 0.6.0\nkind: example.com/host\ndevices:\n  - name: d\n    containerEdits:\n      env: ["E2E_HOST=1"]\n' >"${decoys[1]}"
+	echo '{"type":"pci"}' >"${decoys[2]}"
+	local ours_before
+	ours_before=$(ls "$DP_DIR"/sriov-cdi-*.sock "$CDI_DIR"/sriov-cdi_* 2>/dev/null | xargs -n1 basename 2>/dev/null | paste -sd' ')
+	local out
+	if ! out=$("$HELM" --kubeconfig "$KCFG" uninstall "$RELEASE" -n "$NS" --wait --timeout 120s 2>&1); then
+		fail $n "helm uninstall failed: $(tail -n 3 <<<"$out" | tr '\n' '|')"
+		return
+	fi
+	wait_for 60 "the plugin pod to go" no_plugin_pod || errs+=("the plugin pod is still there 60 s after helm uninstall")
+	local left
+	left=$(ls "$DP_DIR"/sriov-cdi-*.sock 2>/dev/null | paste -sd' ')
+	[[ -z $left ]] || errs+=("sockets left: $left")
+	left=$(ls "$CDI_DIR"/sriov-cdi_* 2>/dev/null | paste -sd' ')
+	[[ -z $left ]] || errs+=("CDI specs left: $left")
+	left=$(find "$DEVINFO_DIR" -type f ! -name "${decoys[2]##*/}" 2>/dev/null | paste -sd' ')
+	[[ -z $left ]] || errs+=("device-info files left: $left")
+	for f in "${decoys[@]}"; do [[ -e $f ]] || errs+=("the host's $f was removed"); done
+	[[ $(fixture_digest) == "$FIX_DIGEST" ]] || errs+=("the host's sysfs tree changed")
+	allocatable_is "$KRES" 0 || [[ -z $(allocatable "$KRES") ]] || errs+=("allocatable $KRES=$(allocatable "$KRES") after uninstall, want 0")
+	rm -f "${decoys[@]}"
+	if ((${#errs[@]})); then
+		fail $n "$(IFS=';'; echo "${errs[*]}") (ours before: $ours_before)"
+	else
+		result PASS $n "removed: $ours_before; kept the host's socket, CDI spec, device-info file and sysfs tree"
+	fi
+}
+
+no_plugin_pod() { [[ -z $(plugin_pod) ]]; }
+
+# ---------------------------------------------------------------------------
+
+finish() {
+	echo "$LAB: $PASSED passed, $FAILED failed, $SKIPPED skipped ($(($(date +%s) - T0))s)"
+	((FAILED == 0)) || exit 1
+	exit 0
+}
+
+main() {
+	ensure_packages runc busybox-static curl jq openssl containernetworking-plugins pci.ids
+	if [[ -S $DP_DIR/kubelet.sock ]] && curl -sk --max-time 2 https://127.0.0.1:10250/healthz >/dev/null 2>&1; then
+		die "a kubelet is already running on this host"
+	fi
+	NODE_IP=$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "src") { print $(i + 1); exit } }')
+	[[ -n $NODE_IP ]] || NODE_IP=$(hostname -I 2>/dev/null | awk '{ print $1 }')
+	[[ -n $NODE_IP ]] || die "no IPv4 address for the node (kubelet refuses loopback)"
+
+	build_kube kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+	build_etcd
+	build_containerd
+	build_images
+	build_helm
+
+	WORK=$(mktemp -d /tmp/sriov-cdi-cluster.XXXXXX)
+	mkdir -p "$WORK/logs"
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM
+	log "work dir $WORK, node IP $NODE_IP"
+	build_image
+	log "build phase done at $(($(date +%s) - T0))s"
+
+	CDI_BEFORE=$(ls -1d "$CDI_DIR"/* 2>/dev/null || true)
+	DEVINFO_BEFORE=$(ls -1d "$DEVINFO_DIR"/* 2>/dev/null || true)
+	DP_BEFORE=$(ls -1d "$DP_DIR"/* 2>/dev/null || true)
+	[[ -e /var/lib/kubelet ]] || KUBELET_VAR_EXISTED=0
+	[[ -e $STATE_DIR ]] || STATE_EXISTED=0
+	[[ -e $DEVINFO_DIR ]] || DEVINFO_EXISTED=0
+	# The chart mounts the host's / with HostToContainer propagation (plugin.hostRootMount),
+	# which needs / to be a shared mount, as systemd makes it on every normal host.
+	if ! grep -qE '^[0-9]+ [0-9]+ [^ ]+ / / [^ ]+ .*shared:' /proc/self/mountinfo; then
+		log "/ is a private mount here (no systemd): mount --make-rshared / (undone at cleanup)"
+		mount --make-rshared / && MADE_SHARED=1
+	fi
+
+	make_pki
+	make_fixture
+	FIX_DIGEST=$(fixture_digest)
+	start_etcd
+	start_control_plane
+	start_containerd
+	start_kubelet
+	wait_for 120 "node $NODE Ready" node_ready || fail_setup "node $NODE not Ready"
+	log "cluster up at $(($(date +%s) - T0))s: $(k get nodes -o wide --no-headers 2>&1 | tr -s ' ' | cut -c1-160)"
+
+	if s1_install; then
+		s2_upgrade_pools
+		s3_plugin_pod_deleted
+		s4_kubelet_restart
+		s6_uninstall
+	else
+		local s
+		for s in s2-upgrade-pools s3-plugin-pod-deleted s4-kubelet-restart s6-uninstall; do result SKIP "$s" "install failed"; done
+	fi
+	finish
+}
+
+node_ready() { [[ $(k get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]; }
+
+main "$@"

@@ -3,6 +3,7 @@ package binding
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -225,4 +226,56 @@ func TestWatcherKeepsUnitsWhoseGroupIsOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.want(t, "group 4 closed")
+}
+
+// A re-created PodResources socket (kubelet restarted between two polls,
+// no List failed, no registration reported) starts the settle time again.
+func TestWatcherSeesPodResourcesSocketRecreated(t *testing.T) {
+	dir, err := os.MkdirTemp("", "prs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "kubelet.sock")
+	listen := func() net.Listener {
+		t.Helper()
+		_ = os.Remove(sock)
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	l := listen()
+	rule := ReleaseRule{Lists: 2, Span: 10 * time.Second, Settle: time.Minute}
+	c := newClockEnv(t, 4, WithReleaseRule(rule), WithPodResourcesSocket(sock))
+	pc, units := c.plan("vf")
+	if err := c.m.Prepare(context.Background(), pc, units[:1]); err != nil {
+		t.Fatal(err)
+	}
+	c.kl.SetPod("a", pod("0000:01:00.1"))
+	for range 7 {
+		if err := c.poll(t, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.kl.DeletePod("a")
+	if err := c.poll(t, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	l = listen() // kubelet restarted
+	defer l.Close()
+	for range 6 {
+		if err := c.poll(t, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		c.want(t, "within the settle time after the socket was re-created", "0000:01:00.1")
+	}
+	for range 2 {
+		if err := c.poll(t, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.want(t, "settled")
 }

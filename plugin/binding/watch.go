@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
@@ -61,15 +62,42 @@ type Watcher struct {
 	grace    time.Duration
 	now      func() time.Time
 
-	mu      sync.Mutex // guards tracker and inUse
+	socket  string     // kubelet's PodResources socket, "" = not watched
+	mu      sync.Mutex // guards the fields below
 	tracker *ReleaseTracker[sysfs.Address]
 	inUse   map[sysfs.Address]int // units kept because a process holds their group, for logging once
+	sockID  fileID                // the socket file last seen; a new one means kubelet restarted
+}
+
+// fileID tells one incarnation of a file from the next.
+type fileID struct {
+	dev, ino uint64
+	ctime    int64
+}
+
+func statID(path string) (fileID, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fileID{}, false
+	}
+	return fileID{dev: uint64(st.Dev), ino: st.Ino, ctime: st.Ctim.Nano()}, true
 }
 
 // WatcherOption configures a Watcher.
 type WatcherOption func(*watcherOptions)
 
-type watcherOptions struct{ rule ReleaseRule }
+type watcherOptions struct {
+	rule   ReleaseRule
+	socket string
+}
+
+// WithPodResourcesSocket makes the watcher stat kubelet's PodResources
+// socket at every poll: a new socket file (kubelet re-creates it when it
+// starts) counts as a kubelet restart even if no List failed and no
+// registration was reported.
+func WithPodResourcesSocket(path string) WatcherOption {
+	return func(o *watcherOptions) { o.socket = path }
+}
 
 // WithReleaseRule replaces DefaultReleaseRule.
 func WithReleaseRule(r ReleaseRule) WatcherOption {
@@ -94,8 +122,12 @@ func NewWatcher(m *Manager, lister PodLister, log *zap.Logger, interval, grace t
 		f(&o)
 	}
 	now := m.opts.now
-	return &Watcher{m: m, lister: lister, log: log, interval: interval, grace: grace, now: now,
+	w := &Watcher{m: m, lister: lister, log: log, interval: interval, grace: grace, now: now, socket: o.socket,
 		tracker: NewReleaseTracker[sysfs.Address](o.rule, now()), inUse: map[sysfs.Address]int{}}
+	if w.socket != "" {
+		w.sockID, _ = statID(w.socket)
+	}
+	return w
 }
 
 // KubeletRestarted tells the watcher that kubelet (re)started now — the
@@ -159,6 +191,7 @@ func (w *Watcher) Poll(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, w.interval)
 	defer cancel()
 	asked := w.now()
+	w.checkSocket(asked)
 	resp, err := w.lister.List(cctx, &podresourcesv1.ListPodResourcesRequest{})
 	if err != nil {
 		w.mu.Lock()
@@ -187,6 +220,26 @@ func (w *Watcher) Poll(ctx context.Context) error {
 	// Called even with nothing released: it also retries restores that an
 	// earlier failure left.
 	return w.m.Release(ctx, release)
+}
+
+// checkSocket counts a new PodResources socket file as a kubelet restart.
+func (w *Watcher) checkSocket(now time.Time) {
+	if w.socket == "" {
+		return
+	}
+	id, ok := statID(w.socket)
+	if !ok {
+		return // kubelet down: the List fails and counts
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if id != w.sockID {
+		if w.sockID != (fileID{}) {
+			w.log.Info("kubelet's PodResources socket was re-created; kubelet restarted: releases wait for it to settle", zap.String("socket", w.socket))
+		}
+		w.sockID = id
+		w.tracker.KubeletRestarted(now)
+	}
 }
 
 // notInUse drops the units whose /dev/vfio/<group> a process holds open.

@@ -149,7 +149,7 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 			return err
 		}
 		opts.PodResources = podresourcesv1.NewPodResourcesListerClient(conn)
-		rw := binding.NewWatcher(bm, podresourcesv1.NewPodResourcesListerClient(conn), log.Named("release"), 0, 0)
+		rw := binding.NewWatcher(bm, podresourcesv1.NewPodResourcesListerClient(conn), log.Named("release"), 0, 0, binding.WithPodResourcesSocket(sock))
 		opts.OnRegistered = rw.KubeletRestarted // kubelet (re)started: its first answers may be incomplete
 		go func() {
 			defer conn.Close()

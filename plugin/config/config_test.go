@@ -159,7 +159,7 @@ func TestParseLegacyRefusals(t *testing.T) {
 		`resourceList[1] ("b").excludeTopology: not supported`,
 		`resourceList[1] ("b").selectors[0].isRdma: cannot be mapped: RDMA`,
 		`resourceList[1] ("b").selectors[0].needVhostNet: cannot be mapped`,
-		`resourceList[2] ("c").selectors: unknown field "bogus"`,
+		`resourceList[2] ("c").selectors[0]: unknown field "bogus"`,
 	} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q:\n%v", w, err)
@@ -485,5 +485,28 @@ func TestParseNamesAsKubeletAndCDIAccept(t *testing.T) {
 				t.Errorf("resources (-want +got)\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestParseLegacySelectorProblems: a legacy resource's selectors are
+// explained like ours: every problem, with resource, path, line and hint.
+func TestParseLegacySelectorProblems(t *testing.T) {
+	in := `{"resourceList": [
+  {"resourceName": "a", "selectors": {"vendors": [8086], "devices": ["154c"]}},
+  {"resourceName": "b",
+   "selectors": [{"drivers": ["iavf"]}, {"pfNames": ["ens1"], "bogus": 1}]}
+]}`
+	_, err := Parse("old.json", []byte(in))
+	if err == nil {
+		t.Fatal("Parse succeeded, want an error")
+	}
+	for _, w := range []string{
+		`config "old.json" is invalid:`,
+		`  - line 2: resourceList[0] ("a").selectors[0].vendors[0]: got a number, want a string; quote IDs: "8086"`,
+		`  - line 4: resourceList[1] ("b").selectors[1]: unknown field "bogus"`,
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q:\n%v", w, err)
+		}
 	}
 }

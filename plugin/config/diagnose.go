@@ -18,8 +18,14 @@ import (
 // e.g. pools[1] ("vf-b")), the line in the file when doc (the file's YAML
 // node tree, may be nil) has it, and a hint.
 func diagnose(js []byte, t reflect.Type, doc *yamlv3.Node) []error {
+	return diagnoseAt(js, t, doc, nil, "")
+}
+
+// diagnoseAt is diagnose for a value found at path (field: the last
+// field's name, for hints).
+func diagnoseAt(js []byte, t reflect.Type, doc *yamlv3.Node, path []step, field string) []error {
 	d := &diagnosis{doc: doc}
-	d.value(json.RawMessage(js), t, nil, "")
+	d.value(json.RawMessage(js), t, path, field)
 	// Converting to JSON sorted the keys: put the problems back in the
 	// order of the file.
 	slices.SortStableFunc(d.probs, func(a, b problem) int { return a.line - b.line })

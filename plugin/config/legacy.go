@@ -79,7 +79,11 @@ func parseLegacy(source string, js []byte, doc *yamlv3.Node) (*Config, error) {
 		}
 		sels, err := decodeLegacySelectors(r.Selectors)
 		if err != nil {
-			bad("%s.selectors: %v", at, explainJSON(err))
+			if more := diagnoseLegacySelectors(r.Selectors, doc, i, r.ResourceName); len(more) > 0 {
+				errs = append(errs, more...)
+			} else {
+				bad("%s.selectors: %v", at, explainJSON(err))
+			}
 		}
 		allVFIO := len(sels) > 0
 		for j, s := range sels {
@@ -118,6 +122,18 @@ func parseLegacy(source string, js []byte, doc *yamlv3.Node) (*Config, error) {
 		return nil, &ValidationError{Source: source, Errs: errs}
 	}
 	return c, nil
+}
+
+// diagnoseLegacySelectors explains why resource i's selectors (one object
+// or a list) did not decode, every problem with its path and line.
+func diagnoseLegacySelectors(raw json.RawMessage, doc *yamlv3.Node, i int, name string) []error {
+	raw = bytes.TrimSpace(raw)
+	path := []step{{field: "resourceList"}, {index: i, name: name}, {field: "selectors"}}
+	t := reflect.TypeFor[[]legacySelector]()
+	if len(raw) > 0 && raw[0] != '[' {
+		t, path = reflect.TypeFor[legacySelector](), append(path, step{index: 0})
+	}
+	return diagnoseAt(raw, t, doc, path, "selectors")
 }
 
 func decodeLegacySelectors(raw json.RawMessage) ([]legacySelector, error) {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
@@ -70,5 +71,46 @@ func TestRegistrationFailureLoggedOncePerOutage(t *testing.T) {
 	}
 	if diff := cmp.Diff(map[string]int{"example.com/vf-a": 1, "example.com/vf-b": 1}, got); diff != "" {
 		t.Errorf("warnings per resource (-want +got)\n%s", diff)
+	}
+}
+
+// optionsOnly answers GetDevicePluginOptions, all kubelet asks when a
+// plugin registers.
+type optionsOnly struct {
+	pluginapi.UnimplementedDevicePluginServer
+}
+
+func (optionsOnly) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*pluginapi.DevicePluginOptions, error) {
+	return &pluginapi.DevicePluginOptions{}, nil
+}
+
+// TestRegistrationOutages: the first failure of an outage is the one to
+// warn about; a success ends the outage, so the next failure warns again.
+func TestRegistrationOutages(t *testing.T) {
+	dir := t.TempDir()
+	ep := newEndpoint(dir, "example.com/vf", optionsOnly{}, &pluginapi.DevicePluginOptions{}, zap.NewNop())
+	if err := ep.serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ep.stop)
+	ctx := context.Background()
+	var got []bool
+	for range 2 {
+		if err := ep.register(ctx); err == nil {
+			t.Fatal("register without kubelet succeeded")
+		}
+		got = append(got, ep.failedRegistering())
+	}
+	k := startFakeKubelet(t, dir)
+	if err := ep.register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	k.stop() // closing the listener removes kubelet.sock
+	if err := ep.register(ctx); err == nil {
+		t.Fatal("register after kubelet left succeeded")
+	}
+	got = append(got, ep.failedRegistering())
+	if diff := cmp.Diff([]bool{true, false, true}, got); diff != "" {
+		t.Errorf("first failure of an outage (-want +got)\n%s", diff)
 	}
 }

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin/kubelettest"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
@@ -201,7 +203,8 @@ func TestWatcherKeepsUnitsWhoseGroupIsOpen(t *testing.T) {
 	c := &clockEnv{env: newEnv(t, 4), now: time.Date(2026, 11, 22, 1, 0, 0, 0, time.UTC), kl: kubelettest.New()}
 	proc := fakeProc(t, map[string][]string{"4242": {"/dev/vfio/vfio", "/dev/vfio/4"}, "1": {"/dev/null"}})
 	c.m = c.manager(func(o *options) { o.now = func() time.Time { return c.now } }, WithProcRoot(proc))
-	c.w = NewWatcher(c.m, c.kl, zaptest.NewLogger(t), time.Second, time.Minute, WithReleaseRule(ReleaseRule{Lists: 1, Span: time.Second, Settle: time.Second}))
+	core, logs := observer.New(zap.InfoLevel)
+	c.w = NewWatcher(c.m, c.kl, zap.New(core), time.Second, time.Minute, WithReleaseRule(ReleaseRule{Lists: 1, Span: time.Second, Settle: time.Second}))
 	pc, units := c.plan("vf")
 	if err := c.m.Prepare(context.Background(), pc, units[:2]); err != nil { // groups 4 and 5
 		t.Fatal(err)
@@ -219,6 +222,12 @@ func TestWatcherKeepsUnitsWhoseGroupIsOpen(t *testing.T) {
 		}
 	}
 	c.want(t, "group 4 open by pid 4242", "0000:01:00.1")
+	held := logs.FilterMessageSnippet("vfio group is open").All()
+	if len(held) != 1 {
+		t.Errorf("want the open group logged once, got %d", len(held))
+	} else if diff := cmp.Diff(map[string]any{"device": "0000:01:00.1", "group": "4", "pool": "vf", "pid": int64(4242)}, held[0].ContextMap()); diff != "" {
+		t.Errorf("log fields (-want +got)\n%s", diff)
+	}
 	if err := os.Remove(filepath.Join(proc, "4242", "fd", "4")); err != nil {
 		t.Fatal(err)
 	}

@@ -50,8 +50,9 @@ func DialPodResources(socket string) (*grpc.ClientConn, error) {
 // A candidate is released only on evidence that survives a kubelet
 // restart (ReleaseRule, decided by a ReleaseTracker): absent from several
 // consecutive answers over a minimum time, nothing counted within the
-// settle time after kubelet restarted (a failed List, or KubeletRestarted
-// from the plugin when it registers again). And never while a process
+// settle time after kubelet restarted (a failed List, a re-created
+// PodResources socket with WithPodResourcesSocket, or KubeletRestarted from
+// the plugin when it registers again). And never while a process
 // holds its /dev/vfio/<group> open (QEMU, DPDK), when the Manager has a
 // proc root (WithProcRoot) to tell.
 type Watcher struct {
@@ -215,7 +216,8 @@ func (w *Watcher) Poll(ctx context.Context) error {
 		return err
 	}
 	for _, id := range release {
-		w.log.Info("unit released by kubelet; restoring", zap.String("device", string(id)), zap.String("group", w.m.groupOf(id)), zap.String("step", "release"))
+		group, pool := w.m.unitInfo(id)
+		w.log.Info("unit released by kubelet; restoring", zap.String("device", string(id)), zap.String("group", group), zap.String("pool", pool), zap.String("step", "release"))
 	}
 	// Called even with nothing released: it also retries restores that an
 	// earlier failure left.
@@ -250,9 +252,9 @@ func (w *Watcher) notInUse(units []sysfs.Address) ([]sysfs.Address, error) {
 	if proc == "" || len(units) == 0 {
 		return units, nil
 	}
-	groups := make([]string, len(units))
+	groups, pools := make([]string, len(units)), make([]string, len(units))
 	for i, u := range units {
-		groups[i] = w.m.groupOf(u)
+		groups[i], pools[i] = w.m.unitInfo(u)
 	}
 	held, err := VFIOGroupsInUse(proc, groups)
 	if err != nil {
@@ -261,18 +263,19 @@ func (w *Watcher) notInUse(units []sysfs.Address) ([]sysfs.Address, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out []sysfs.Address
+	next := map[sysfs.Address]int{}
 	for i, u := range units {
 		pid, busy := held[groups[i]]
 		if !busy {
-			delete(w.inUse, u)
 			out = append(out, u)
 			continue
 		}
 		if w.inUse[u] != pid {
-			w.log.Warn("unit released by kubelet but its vfio group is open; not restoring while it is", zap.String("device", string(u)), zap.String("group", groups[i]), zap.Int("pid", pid))
+			w.log.Warn("unit released by kubelet but its vfio group is open; not restoring while it is", zap.String("device", string(u)), zap.String("group", groups[i]), zap.String("pool", pools[i]), zap.Int("pid", pid))
 		}
-		w.inUse[u] = pid
+		next[u] = pid
 	}
+	w.inUse = next
 	return out, nil
 }
 
@@ -312,16 +315,17 @@ func (m *Manager) observe(ctx context.Context, assigned map[sysfs.Address]bool, 
 	return release, nil
 }
 
-// groupOf returns the IOMMU group of a unit's function now (sysfs), or as
-// recorded when it was bound; "" when neither is known.
-func (m *Manager) groupOf(unit sysfs.Address) string {
-	if t, err := os.Readlink(filepath.Join(m.root.PCIDevicePath(unit), "iommu_group")); err == nil {
-		return filepath.Base(t)
-	}
+// unitInfo returns a unit's IOMMU group now (sysfs), or as recorded when
+// it was bound, and its pool; "" when not known.
+func (m *Manager) unitInfo(unit sysfs.Address) (group, pool string) {
 	for _, r := range m.Records() {
-		if r.Unit == unit && r.Group != "" {
-			return r.Group
+		if r.Unit == unit {
+			group, pool = r.Group, r.Pool
+			break
 		}
 	}
-	return ""
+	if t, err := os.Readlink(filepath.Join(m.root.PCIDevicePath(unit), "iommu_group")); err == nil {
+		group = filepath.Base(t)
+	}
+	return group, pool
 }

@@ -90,9 +90,11 @@ func (m *Manager) pollReleases(ctx context.Context, lister PodLister, clock func
 	now := clock()
 	var cands []devInfoKey
 	held := map[devInfoKey]bool{}
+	pools := map[string]string{} // resource -> pool name, for logs
 	for _, e := range m.snapshotEndpoints() {
 		res := e.ep.resource
 		p, _, _, _ := e.srv.snapshot()
+		pools[res] = p.Name
 		for _, u := range p.Units {
 			k := devInfoKey{res, u.ID}
 			if assigned[res][u.ID] {
@@ -118,11 +120,11 @@ func (m *Manager) pollReleases(ctx context.Context, lister PodLister, clock func
 	}
 	for _, res := range order {
 		if err := w.Remove(res, byRes[res]...); err != nil {
-			m.log.Warn("remove device-info files of released devices", zap.String("resource", res), zap.Error(err))
+			m.log.Warn("remove device-info files of released devices", zap.String("pool", pools[res]), zap.String("resource", res), zap.Error(err))
 			continue
 		}
 		for _, id := range byRes[res] {
-			m.log.Info("device released; device-info file removed", zap.String("device", string(id)), zap.String("resource", res))
+			m.log.Info("device released; device-info file removed", zap.String("device", string(id)), zap.String("pool", pools[res]), zap.String("resource", res))
 		}
 	}
 	return nil

@@ -781,6 +781,12 @@ var chartVariants = []chartVariant{
 		containers: []string{"plugin"},
 	},
 	{
+		name:       "host sysfs and dev elsewhere (a fixture tree)",
+		set:        []string{"hostPaths.sys=/srv/e2e/sys", "hostPaths.dev=/srv/e2e/dev"},
+		wantKinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
+		containers: []string{"plugin"},
+	},
+	{
 		name:       "configFile: SR-IOV network device plugin JSON",
 		files:      map[string]string{"configFile": `{"resourceList": [{"resourceName": "intel_sriov_dpdk", "selectors": {"vendors": ["8086"], "devices": ["154c"], "drivers": ["vfio-pci"]}}]}`},
 		wantKinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},

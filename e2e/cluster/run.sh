@@ -556,7 +556,10 @@ s1_install() {
 	res=$(pod_env s1 "PCI_RESOURCE_$KENV")
 	[[ $dev == "${KDEVS[0]}" || $dev == "${KDEVS[1]}" ]] || errs+=("PCIDEVICE_$KENV=${dev:-<unset>}, want one of ${KDEVS[*]}")
 	[[ -n $dev && $res == "$dev" ]] || errs+=("PCI_RESOURCE_$KENV=${res:-<unset>}, want $dev")
-	# CDI: containerd resolved the device from our spec in /var/run/cdi.
+	# CDI: containerd resolved the device from our spec in /var/run/cdi, and the
+	# spec's per-device edit (an env variable) is in the container.
+	local cdienv="PCIDEVICE_${KENV}_${dev//[:.]/_}"
+	[[ -n $dev && $(pod_env s1 "$cdienv") == "$dev" ]] || errs+=("$cdienv (the CDI spec's edit) not set in the container")
 	grep -q "CDI devices from CRI Config.CDIDevices: \[$KRES=$dev\]" "$WORK/logs/containerd.log" ||
 		errs+=("containerd did not inject CDI device $KRES=$dev (no 'CDI devices from CRI Config.CDIDevices' line)")
 	ip=$(pod_field s1 '{.status.podIP}')
@@ -568,7 +571,7 @@ s1_install() {
 		fail $n "$(IFS=';'; echo "${errs[*]}")"
 		return 1
 	fi
-	result PASS $n "helm install -> Ready in $(($(date +%s) - t))s, allocatable $KRES=2 $VRES=1; pod s1 (IP $ip via CNI bridge) got CDI device $KRES=$dev and PCIDEVICE_$KENV=PCI_RESOURCE_$KENV=$dev"
+	result PASS $n "helm install -> Ready in $(($(date +%s) - t))s, allocatable $KRES=2 $VRES=1; pod s1 (IP $ip via CNI bridge) got CDI device $KRES=$dev (its edit $cdienv is set) and PCIDEVICE_$KENV=PCI_RESOURCE_$KENV=$dev"
 }
 
 # s2: helm upgrade with other pools -> allocatable follows, the plugin is not restarted.

@@ -26,7 +26,7 @@ func fakeProc(t *testing.T, procs map[string][]string) string {
 	return root
 }
 
-func TestVFIOGroupsInUse(t *testing.T) {
+func TestNodesInUse(t *testing.T) {
 	proc := fakeProc(t, map[string][]string{
 		"1":    {"/dev/null", "socket:[123]"},
 		"4242": {"/dev/vfio/vfio", "/dev/vfio/4", "/dev/kvm"},
@@ -36,14 +36,14 @@ func TestVFIOGroupsInUse(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(proc, "99"), 0o755); err != nil { // no fd dir (kernel thread, gone)
 		t.Fatal(err)
 	}
-	got, err := VFIOGroupsInUse(proc, []string{"4", "5", "6"})
+	got, err := NodesInUse(proc, []string{"/dev/vfio/4", "/dev/vfio/5", "/dev/vfio/6", ""})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(map[string]int{"4": 4242}, got); diff != "" {
+	if diff := cmp.Diff(map[string]int{"/dev/vfio/4": 4242}, got); diff != "" {
 		t.Errorf("(-want +got)\n%s", diff)
 	}
-	if _, err := VFIOGroupsInUse(filepath.Join(proc, "missing"), []string{"4"}); err == nil {
+	if _, err := NodesInUse(filepath.Join(proc, "missing"), []string{"/dev/vfio/4"}); err == nil {
 		t.Error("an unreadable proc root must be an error (cannot tell)")
 	}
 }

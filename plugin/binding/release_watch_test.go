@@ -222,10 +222,10 @@ func TestWatcherKeepsUnitsWhoseGroupIsOpen(t *testing.T) {
 		}
 	}
 	c.want(t, "group 4 open by pid 4242", "0000:01:00.1")
-	held := logs.FilterMessageSnippet("vfio group is open").All()
+	held := logs.FilterMessageSnippet("holds its vfio node open").All()
 	if len(held) != 1 {
 		t.Errorf("want the open group logged once, got %d", len(held))
-	} else if diff := cmp.Diff(map[string]any{"device": "0000:01:00.1", "group": "4", "pool": "vf", "pid": int64(4242)}, held[0].ContextMap()); diff != "" {
+	} else if diff := cmp.Diff(map[string]any{"device": "0000:01:00.1", "group": "4", "pool": "vf", "node": "/dev/vfio/4", "pid": int64(4242)}, held[0].ContextMap()); diff != "" {
 		t.Errorf("log fields (-want +got)\n%s", diff)
 	}
 	if err := os.Remove(filepath.Join(proc, "4242", "fd", "4")); err != nil {
@@ -287,4 +287,31 @@ func TestWatcherSeesPodResourcesSocketRecreated(t *testing.T) {
 		}
 	}
 	c.want(t, "settled")
+}
+
+// With vfio cdevs (iommufd) a process holds /dev/vfio/devices/vfioN, not
+// the group: that keeps the unit bound too.
+func TestWatcherKeepsUnitsWhoseCdevIsOpen(t *testing.T) {
+	c := &clockEnv{env: newEnv(t, 4), now: time.Date(2026, 11, 22, 1, 0, 0, 0, time.UTC), kl: kubelettest.New()}
+	proc := fakeProc(t, map[string][]string{"77": {"/dev/iommu", "/dev/vfio/devices/vfio0"}})
+	c.m = c.manager(func(o *options) { o.now = func() time.Time { return c.now } }, WithProcRoot(proc))
+	c.w = NewWatcher(c.m, c.kl, zaptest.NewLogger(t), time.Second, time.Minute, WithReleaseRule(ReleaseRule{Lists: 1, Span: time.Second, Settle: time.Second}))
+	pc, units := c.plan("vf")
+	if err := c.m.Prepare(context.Background(), pc, units[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"/dev/vfio/4", "/dev/vfio/devices/vfio0"}, c.m.vfioNodes("0000:01:00.1", "4")); diff != "" {
+		t.Errorf("nodes of unit 01:00.1 (-want +got)\n%s", diff)
+	}
+	c.kl.SetPod("a", pod("0000:01:00.1"))
+	if err := c.poll(t, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.kl.DeletePod("a")
+	for range 3 {
+		if err := c.poll(t, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.want(t, "cdev open by pid 77", "0000:01:00.1")
 }

@@ -244,19 +244,24 @@ func (w *Watcher) checkSocket(now time.Time) {
 	}
 }
 
-// notInUse drops the units whose /dev/vfio/<group> a process holds open.
-// The proc scan runs only when something is about to be released; when
-// the proc root cannot be read nothing is released (it cannot be told).
+// notInUse drops the units whose vfio nodes (/dev/vfio/<group>, the
+// iommufd cdevs) a process holds open. The proc scan runs only when
+// something is about to be released; when the proc root cannot be read
+// nothing is released (it cannot be told).
 func (w *Watcher) notInUse(units []sysfs.Address) ([]sysfs.Address, error) {
 	proc := *w.m.opts.procRoot
 	if proc == "" || len(units) == 0 {
 		return units, nil
 	}
 	groups, pools := make([]string, len(units)), make([]string, len(units))
+	nodes := make([][]string, len(units))
+	var all []string
 	for i, u := range units {
 		groups[i], pools[i] = w.m.unitInfo(u)
+		nodes[i] = w.m.vfioNodes(u, groups[i])
+		all = append(all, nodes[i]...)
 	}
-	held, err := VFIOGroupsInUse(proc, groups)
+	held, err := NodesInUse(proc, all)
 	if err != nil {
 		return nil, fmt.Errorf("check whether a process uses the released devices (nothing released): %w", err)
 	}
@@ -265,13 +270,19 @@ func (w *Watcher) notInUse(units []sysfs.Address) ([]sysfs.Address, error) {
 	var out []sysfs.Address
 	next := map[sysfs.Address]int{}
 	for i, u := range units {
-		pid, busy := held[groups[i]]
-		if !busy {
+		node, pid := "", 0
+		for _, n := range nodes[i] {
+			if p, ok := held[n]; ok {
+				node, pid = n, p
+				break
+			}
+		}
+		if pid == 0 {
 			out = append(out, u)
 			continue
 		}
 		if w.inUse[u] != pid {
-			w.log.Warn("unit released by kubelet but its vfio group is open; not restoring while it is", zap.String("device", string(u)), zap.String("group", groups[i]), zap.String("pool", pools[i]), zap.Int("pid", pid))
+			w.log.Warn("unit released by kubelet but a process holds its vfio node open; not restoring while it does", zap.String("device", string(u)), zap.String("group", groups[i]), zap.String("pool", pools[i]), zap.String("node", node), zap.Int("pid", pid))
 		}
 		next[u] = pid
 	}

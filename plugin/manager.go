@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -108,8 +109,11 @@ type Manager struct {
 	// fingerprint unchanged since the last full scan reads nothing more;
 	// every fullRescanEvery-th tick scans anyway.
 	ueventsUp, netEventsUp atomic.Bool
-	fingerprint            uint64 // at the last full scan, 0: none; guarded by planMu
-	quietTicks             int    // ticks skipped since; Run goroutine only
+	fingerprint            uint64 // at the last scan or refresh, 0: none; guarded by planMu
+	// refreshedDuringScan: functions refreshed while a full scan reads
+	// (nil when none runs); guarded by planMu.
+	refreshedDuringScan map[sysfs.Address]bool
+	quietTicks          int // ticks skipped since the last full scan; guarded by planMu
 }
 
 // fullRescanEvery: with events flowing, one tick in this many still scans
@@ -345,16 +349,13 @@ func (m *Manager) netdevOwner(netdev string) sysfs.Address {
 // the one of the last full scan, and fewer than fullRescanEvery ticks were
 // skipped in a row. It costs a few directory listings.
 func (m *Manager) quietTick() bool {
-	if !m.ueventsUp.Load() || !m.netEventsUp.Load() || m.quietTicks+1 >= fullRescanEvery {
-		m.quietTicks = 0
+	if !m.ueventsUp.Load() || !m.netEventsUp.Load() {
 		return false
 	}
 	fp, err := sysfs.Fingerprint(m.opts.Root)
 	m.planMu.Lock()
-	same := err == nil && fp == m.fingerprint
-	m.planMu.Unlock()
-	if !same {
-		m.quietTicks = 0
+	defer m.planMu.Unlock()
+	if err != nil || fp != m.fingerprint || m.quietTicks+1 >= fullRescanEvery {
 		return false
 	}
 	m.quietTicks++
@@ -373,26 +374,60 @@ func (m *Manager) replanLogged(ctx context.Context, only map[sysfs.Address]bool)
 // updates, starts or stops endpoints. Specs are written before any device
 // is advertised.
 func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error {
+	var scanned *sysfs.Host
+	var fp uint64
+	var fpErr error
+	m.planMu.Lock()
+	full := only == nil || m.host == nil
+	if full {
+		m.refreshedDuringScan = map[sysfs.Address]bool{}
+	}
+	m.planMu.Unlock()
+	if full {
+		// A full scan reads without the lock, so that a refresh (a uevent,
+		// an Allocate) never waits for it; the functions refreshed
+		// meanwhile are read again on top of it below.
+		m.opts.Metrics.Rescans.WithLabelValues("full").Inc()
+		// Taken before the scan: a change racing the scan moves it again.
+		fp, fpErr = sysfs.Fingerprint(m.opts.Root)
+		var err error
+		scanned, err = sysfs.Scan(m.opts.Root, m.opts.ScanOptions...)
+		if err != nil {
+			m.planMu.Lock()
+			m.refreshedDuringScan = nil
+			m.planMu.Unlock()
+			return err
+		}
+	}
 	m.planMu.Lock()
 	defer m.planMu.Unlock()
 	var h *sysfs.Host
-	if only != nil && m.host != nil {
+	switch {
+	case scanned != nil:
+		h = scanned
+		if again := slices.Collect(maps.Keys(m.refreshedDuringScan)); len(again) > 0 {
+			h = sysfs.Refresh(m.opts.Root, h, again, m.opts.ScanOptions...)
+		}
+		m.refreshedDuringScan = nil
+		m.fingerprint, m.quietTicks = 0, 0
+		if fpErr == nil {
+			m.fingerprint = fp
+		}
+	default:
 		addrs := make([]sysfs.Address, 0, len(only))
 		for a := range only {
 			addrs = append(addrs, a)
+			if m.refreshedDuringScan != nil {
+				m.refreshedDuringScan[a] = true
+			}
 		}
+		// An event-driven refresh moves the fingerprint on too, so that
+		// the next tick stays quiet: only a change whose event was lost
+		// without an overflow escapes it, until the next full scan.
+		fp, fpErr := sysfs.Fingerprint(m.opts.Root)
 		h = sysfs.Refresh(m.opts.Root, m.host, addrs, m.opts.ScanOptions...)
 		m.opts.Metrics.Rescans.WithLabelValues("refresh").Inc()
-	} else {
-		m.opts.Metrics.Rescans.WithLabelValues("full").Inc()
-		// Taken before the scan: a change racing the scan moves it again.
-		fp, fpErr := sysfs.Fingerprint(m.opts.Root)
-		var err error
-		if h, err = sysfs.Scan(m.opts.Root, m.opts.ScanOptions...); err != nil {
-			return err
-		}
-		m.fingerprint = 0
-		if fpErr == nil {
+		if fpErr == nil && m.fingerprint != 0 {
 			m.fingerprint = fp
 		}
 	}

@@ -54,6 +54,13 @@ func TestQuietTick(t *testing.T) {
 	if m.quietTick() {
 		t.Error("skipped a tick after a driver change whose event was lost")
 	}
+	// The change announced (a refresh of the function): quiet again.
+	if err := m.refreshNow(ctx, []sysfs.Address{"0000:01:00.2"}); err != nil {
+		t.Fatal(err)
+	}
+	if !m.quietTick() {
+		t.Error("scanned after a change its event announced")
+	}
 	if err := m.replan(ctx, nil); err != nil {
 		t.Fatal(err)
 	}

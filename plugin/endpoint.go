@@ -63,6 +63,9 @@ func (e *endpoint) serve() error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale socket %q: %w", path, err)
 	}
+	if len(path) > config.MaxSocketPath {
+		return fmt.Errorf("listen on %q: the path is %d bytes, over the %d a unix socket path holds (a shorter --device-plugin-dir, pool name or resource prefix fixes it)", path, len(path), config.MaxSocketPath)
+	}
 	lis, err := net.Listen("unix", path)
 	if err != nil {
 		return fmt.Errorf("listen on %q: %w", path, err)

@@ -285,6 +285,10 @@ func (c *Config) Validate() error {
 		if _, dup := seen[c.Resource(p)]; !dup && p.Name != "" {
 			mangled.check(c, i, bad)
 		}
+		if sock := KubeletDevicePluginDir + SocketName(c.Resource(p)); p.Name != "" && len(sock) > MaxSocketPath {
+			room := len(c.Resource(p)) - (len(sock) - MaxSocketPath)
+			bad("%s.%s: resource %q is %d bytes; its device plugin socket %s would be %d bytes, over the %d a unix socket path holds: shorten the pool name or the resource prefix to %d bytes in all", at, name, c.Resource(p), len(c.Resource(p)), sock, len(sock), MaxSocketPath, room)
+		}
 		seen[c.Resource(p)] = i
 		if p.ResourcePrefix != "" {
 			checkPrefix(at+".resourcePrefix", p.ResourcePrefix)

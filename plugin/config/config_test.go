@@ -510,3 +510,18 @@ func TestParseLegacySelectorProblems(t *testing.T) {
 		}
 	}
 }
+
+// TestParseRefusesSocketPathTooLong: a unix socket path holds at most 107
+// bytes; a resource whose socket in kubelet's directory would be longer
+// could never be served ("bind: invalid argument" at start).
+func TestParseRefusesSocketPathTooLong(t *testing.T) {
+	long := strings.Repeat("a", 61-len("sriov-cdi.io/"))
+	if _, err := Parse("c.yaml", []byte("pools: [{name: "+long[:len(long)-1]+", selectors: {vendors: ['8086']}}]")); err != nil {
+		t.Errorf("a resource of 60 bytes: %v", err)
+	}
+	_, err := Parse("c.yaml", []byte("pools: [{name: "+long+", selectors: {vendors: ['8086']}}]"))
+	want := `pools[0] ("` + long + `").name: resource "sriov-cdi.io/` + long + `" is 61 bytes; its device plugin socket /var/lib/kubelet/device-plugins/sriov-cdi-sriov-cdi_io_` + long + `.sock would be 108 bytes, over the 107 a unix socket path holds: shorten the pool name or the resource prefix to 60 bytes in all`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("got %v\nwant %s", err, want)
+	}
+}

@@ -19,6 +19,14 @@ func SocketName(resource string) string {
 	return "sriov-cdi-" + strings.NewReplacer("/", "_", ".", "_").Replace(resource) + ".sock"
 }
 
+// KubeletDevicePluginDir is where kubelet looks for device plugin sockets
+// (fixed in kubelet).
+const KubeletDevicePluginDir = "/var/lib/kubelet/device-plugins/"
+
+// MaxSocketPath is the longest unix socket path Linux accepts (sun_path is
+// 108 bytes with its terminating NUL).
+const MaxSocketPath = 107
+
 // PCIDeviceEnv is the variable the SR-IOV network device plugin sets for a
 // resource: "PCIDEVICE_" + resource, upper-cased, '.' and '/' as '_' and
 // '-' kept, as that plugin and KubeVirt do ("sriov-cdi.io/vf" ->

@@ -34,7 +34,7 @@ var (
 
 func bindingFlags() []ucli.Flag {
 	return append(hostFlags(),
-		&ucli.StringFlag{Name: bindFlagStateFile, Value: binding.DefaultStatePath, Usage: "where original drivers are recorded (shared with the plugin)", Sources: ucli.EnvVars("SRIOV_CDI_STATE_FILE")},
+		stateFileFlag(),
 		&ucli.BoolFlag{Name: bindFlagAll, Usage: "every device (bind/unbind: of every vfio pool; restore: in the state file)"},
 		&ucli.BoolFlag{Name: bindFlagDryRun, Usage: "print what would change and change nothing"},
 		&ucli.DurationFlag{Name: bindFlagTimeout, Value: 10 * time.Second, Usage: "limit for each sysfs write and each wait for the kernel", Sources: ucli.EnvVars("SRIOV_CDI_BIND_TIMEOUT")},
@@ -257,7 +257,7 @@ func runBindChange(ctx context.Context, cmd *ucli.Command, bind bool, extra []bi
 	if err != nil {
 		return err
 	}
-	plan := pool.Build(in.cfg, h)
+	plan := pool.Build(in.cfg, h, pool.WithHeld(binding.NewHoldings(state).Held()))
 	reqs, err := resolveUnits(plan, h, addrs, cmd.Bool(bindFlagAll))
 	if err != nil {
 		return err

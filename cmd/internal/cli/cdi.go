@@ -42,6 +42,7 @@ func cdiGenerateCommand() *ucli.Command {
 			&ucli.BoolFlag{Name: flagSample, Usage: "use the bundled sysfs snapshot of a real kernel and its config; specs name the snapshot's host paths under /dev"},
 			&ucli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: cdi.DefaultDir, Usage: "spec directory, or - for YAML on stdout (the default with --sample: sample specs describe another host)", Sources: ucli.EnvVars("SRIOV_CDI_CDI_DIR")},
 			&ucli.BoolFlag{Name: "no-iommufd", Usage: "leave /dev/vfio/devices/vfioN and /dev/iommu out of vfio devices (group interface only)", Sources: ucli.EnvVars("SRIOV_CDI_NO_IOMMUFD")},
+			stateFileFlag(),
 		),
 		Action: func(_ context.Context, cmd *ucli.Command) error {
 			in, err := loadHost(cmd)
@@ -61,7 +62,7 @@ func cdiGenerateCommand() *ucli.Command {
 				// The snapshot is of a real host, whose /dev is /dev.
 				specRoot.Dev = "/dev"
 			}
-			plan := pool.Build(in.cfg, h)
+			plan := pool.Build(in.cfg, h, pool.WithHeld(heldFrom(cmd, cmd.String(bindFlagStateFile))))
 			var opts []cdi.SpecOption
 			if cmd.Bool("no-iommufd") {
 				opts = append(opts, cdi.WithoutIOMMUFD())

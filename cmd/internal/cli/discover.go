@@ -24,6 +24,7 @@ func discoverCommand() *ucli.Command {
 		Flags: append(hostFlags(),
 			&ucli.BoolFlag{Name: flagSample, Usage: "use the bundled sysfs snapshot of a real kernel (QEMU, 2 SR-IOV NVMe PFs) and its config"},
 			&ucli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"},
+			stateFileFlag(),
 		),
 		Action: func(_ context.Context, cmd *ucli.Command) error {
 			format := cmd.String("output")
@@ -39,7 +40,7 @@ func discoverCommand() *ucli.Command {
 			if err != nil {
 				return err
 			}
-			rep := newReport(h, in.cfg, pciNames(h))
+			rep := newReport(h, in.cfg, pciNames(h), heldFrom(cmd, cmd.String(bindFlagStateFile)))
 			if format == "json" {
 				enc := json.NewEncoder(cmd.Root().Writer)
 				enc.SetIndent("", "  ")
@@ -61,13 +62,13 @@ type report struct {
 	Config     string            `json:"config,omitempty"`
 }
 
-func newReport(h *sysfs.Host, cfg *config.Config, names map[string]string) *report {
+func newReport(h *sysfs.Host, cfg *config.Config, names map[string]string, held pool.Held) *report {
 	r := &report{Devices: h.Devices, Names: names, Warnings: h.Warnings, Pools: []pool.Pool{}, Unselected: []pool.Refusal{}}
 	if r.Warnings == nil {
 		r.Warnings = []sysfs.Warning{}
 	}
 	if cfg != nil {
-		plan := pool.Build(cfg, h)
+		plan := pool.Build(cfg, h, pool.WithHeld(held))
 		r.Pools, r.Unselected, r.Notes, r.Config = plan.Pools, plan.Unselected, plan.Notes, cfg.Source
 	}
 	return r

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -118,4 +120,52 @@ func writeFile(t *testing.T, name, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestDiscoverKeepsBoundUnitsInTheirPool: discover plans like the plugin —
+// a function the plugin bound to vfio-pci (recorded in the state file)
+// stays in the pool whose drivers: selector matched it before binding.
+func TestDiscoverKeepsBoundUnitsInTheirPool(t *testing.T) {
+	dir := t.TempDir()
+	b := sysfstest.SRIOVNICHost(dir, 1, 2)
+	if err := b.Write(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sysfstest.SetDriver(dir, "0000:01:00.1", "vfio-pci"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "pools.yaml")
+	if err := os.WriteFile(cfg, []byte("pools: [{name: vf, mode: vfio, allowUnbindFrom: [iavf], selectors: {drivers: [iavf]}}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state.json")
+	if err := os.WriteFile(state, []byte(`{"version":1,"devices":[{"address":"0000:01:00.1","unit":"0000:01:00.1","pool":"vf","group":"4","original":{"driver":"iavf"},"target":"vfio-pci","phase":"done","origin":"allocate","since":"2026-12-02T10:00:00Z"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	units := func(extra ...string) []string {
+		t.Helper()
+		out, _, err := run(t, append([]string{"discover", "-o", "json", "--config", cfg, "--sysfs-root", b.Sys(), "--dev-root", b.Dev()}, extra...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep struct {
+			Pools []struct {
+				Devices []struct{ ID string }
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, d := range rep.Pools[0].Devices {
+			ids = append(ids, d.ID)
+		}
+		return ids
+	}
+	if diff := cmp.Diff([]string{"0000:01:00.2"}, units("--state-file", filepath.Join(dir, "none.json"))); diff != "" {
+		t.Errorf("without records (-want +got)\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"0000:01:00.1", "0000:01:00.2"}, units("--state-file", state)); diff != "" {
+		t.Errorf("with the plugin's record (-want +got)\n%s", diff)
+	}
 }

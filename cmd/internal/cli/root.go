@@ -11,7 +11,9 @@ import (
 	ucli "github.com/urfave/cli/v3"
 
 	"github.com/sriov-cdi/sriov-cdi/cmd/internal/version"
+	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
 	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sample"
 )
@@ -74,6 +76,21 @@ func hostFlags() []ucli.Flag {
 		&ucli.StringFlag{Name: flagSysfsRoot, Value: "/sys", Usage: "where sysfs is mounted", Sources: ucli.EnvVars("SRIOV_CDI_SYSFS_ROOT")},
 		&ucli.StringFlag{Name: flagDevRoot, Value: "/dev", Usage: "where devtmpfs is mounted", Sources: ucli.EnvVars("SRIOV_CDI_DEV_ROOT")},
 	}
+}
+
+// stateFileFlag is the binding state file, read by the commands that plan
+// pools: a unit sriov-cdi bound stays in its pool (pool.WithHeld).
+func stateFileFlag() ucli.Flag {
+	return &ucli.StringFlag{Name: bindFlagStateFile, Value: binding.DefaultStatePath, Usage: "where original drivers are recorded (shared with the plugin); a missing file means nothing is bound", Sources: ucli.EnvVars("SRIOV_CDI_STATE_FILE")}
+}
+
+// heldFrom reads which functions sriov-cdi bound, from path; nothing with
+// --sample unless --state-file is given (the snapshot is another host).
+func heldFrom(cmd *ucli.Command, path string) pool.Held {
+	if cmd.Bool(flagSample) && !cmd.IsSet(bindFlagStateFile) {
+		return nil
+	}
+	return binding.NewHoldings(path).Held()
 }
 
 // hostInput is what a host-reading command works on.

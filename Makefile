@@ -4,7 +4,7 @@ BIN     ?= bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/sriov-cdi/sriov-cdi/cmd/internal/version.Version=$(VERSION)
 
-.PHONY: all build image test vet fmt-check race fuzz bench bench-host e2e-kernel e2e-kubelet e2e-cluster test-kubelet-client clean
+.PHONY: all build image test vet fmt-check race fuzz bench bench-host e2e-kernel e2e-nic e2e-kubelet e2e-cluster test-kubelet-client clean
 
 all: build
 
@@ -60,6 +60,11 @@ test-kubelet-client:
 # Lab 1: a real 6.1 kernel under QEMU with an emulated IOMMU and SR-IOV NVMe controllers.
 e2e-kernel:
 	bash e2e/kernel/run.sh
+
+# Lab 1b: the same kernel on a machine with emulated SR-IOV NICs (igb/igbvf); QEMU 10 from
+# bookworm-backports, fetched into the lab's cache, never installed (e2e/kernel/README.md).
+e2e-nic:
+	bash e2e/kernel/run.sh --machine nic
 
 # Lab 2: a real kubelet + containerd + runc with CDI, standalone.
 e2e-kubelet:

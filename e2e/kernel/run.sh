@@ -17,25 +17,51 @@
 #   E2E_SMP      guest CPUs (default 2).
 #   E2E_CLI      a prebuilt static sriov-cdi binary to test instead of building
 #                ./cmd/sriov-cdi (e.g. a release artifact).
+#   E2E_MACHINE  nvme (default) or nic; also `run.sh --machine nic`.
+#
+# --machine nic (make e2e-nic) boots the same kernel and initramfs on a
+# machine with three emulated Intel 82576 SR-IOV NICs (QEMU's igb, 7 VFs on
+# igbvf). Debian 12's QEMU 7.2 has no igb: QEMU 10 from bookworm-backports is
+# fetched into the cache by qemu-backports.sh and run from there, never
+# installed over the host's QEMU. The guest asks the host for link changes
+# (QEMU monitor `set_link`) with "E2E HOST set_link <netdev> on|off" lines on
+# the serial console, which this script watches.
 set -euo pipefail
+
+MACHINE=${E2E_MACHINE:-nvme}
+while (($#)); do
+	case $1 in
+	--machine) MACHINE=${2:?--machine needs nvme or nic}; shift 2 ;;
+	--machine=*) MACHINE=${1#*=}; shift ;;
+	*) echo "usage: run.sh [--machine nvme|nic]" >&2; exit 2 ;;
+	esac
+done
+[[ ${MACHINE} == nvme || ${MACHINE} == nic ]] || { echo "run.sh: unknown machine ${MACHINE} (nvme, nic)" >&2; exit 2; }
 
 # Pinned (LABS: the lab was verified on this ABI); E2E_KVER picks another
 # linux-image-<KVER> when Debian drops this one from its mirrors.
 KVER=${E2E_KVER:-6.1.0-56-amd64}
 KPKG=linux-image-${KVER}
 # Modules the guest loads, in this order (closure computed with modprobe).
-MODULES=(nvme vfio vfio_iommu_type1 vfio_pci)
+# One closure for both machines (igb/igbvf: the NIC machine's PF and VFs).
+MODULES=(nvme vfio vfio_iommu_type1 vfio_pci igb igbvf)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LAB=${REPO}/e2e/kernel
 CACHE=${E2E_CACHE:-/var/cache/sriov-cdi-e2e}
 KCACHE=${CACHE}/kernel-${KVER%-amd64}
-OUT=${E2E_OUT:-${CACHE}/run}
-TIMEOUT=${E2E_TIMEOUT:-300}
+if [[ ${MACHINE} == nic ]]; then
+	OUT=${E2E_OUT:-${CACHE}/run-nic}
+	# The NIC lab waits out the plugin's release rule (about 2.5 min).
+	TIMEOUT=${E2E_TIMEOUT:-900}
+else
+	OUT=${E2E_OUT:-${CACHE}/run}
+	TIMEOUT=${E2E_TIMEOUT:-300}
+fi
 SMP=${E2E_SMP:-2}
 GO=${GO:-go}
 
-log() { printf 'e2e-kernel: %s\n' "$*" >&2; }
+log() { printf 'e2e-%s: %s\n' "${MACHINE/nvme/kernel}" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 start_ns=$(date +%s%N)
@@ -45,7 +71,9 @@ elapsed() { echo "$(( ($(date +%s%N) - start_ns) / 1000000 ))ms"; }
 
 # --- host tools -------------------------------------------------------------
 need_pkgs=()
-command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+if [[ ${MACHINE} == nvme ]]; then
+	command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+fi
 # busybox must be static: it is the guest's only userland besides our binaries.
 [[ $(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null) == "install ok installed" ]] ||
 	need_pkgs+=(busybox-static)
@@ -58,6 +86,11 @@ if ((${#need_pkgs[@]})); then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
 fi
 command -v "${GO}" >/dev/null || die "go toolchain not found (set GO=/path/to/go)"
+QEMU=qemu-system-x86_64
+if [[ ${MACHINE} == nic ]]; then
+	QEMU=$(E2E_CACHE=${CACHE} bash "${LAB}/qemu-backports.sh")/bin/qemu-system-x86_64
+	log "QEMU $("${QEMU}" --version | head -n 1) ($(elapsed))"
+fi
 
 # --- kernel, modules, base initramfs (cached, keyed by kernel version) -------
 # Extract the ELF vmlinux from a bzImage: find each xz stream magic and keep
@@ -163,6 +196,7 @@ install -m 0755 "${LAB}/init.sh" "${extra}/init"
 if [[ -n ${E2E_ONLY:-} ]]; then
 	echo "${E2E_ONLY}" >"${extra}/e2e/only"
 fi
+echo "${MACHINE}" >"${extra}/e2e/machine"
 (cd "${extra}" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet >"${OUT}/extra.cpio")
 cat "${KCACHE}/base.cpio.gz" "${OUT}/extra.cpio" >"${OUT}/initrd"
 log "binaries and initramfs ready ($(elapsed))"
@@ -188,25 +222,94 @@ add_pf() { # root-port-id chassis acs(on|off) pf-id serial max-vfs
 		-device "nvme,id=${id},bus=${rp},serial=${serial},subsys=ss${id},sriov_max_vfs=${n},sriov_vq_flexible=$((2 * n)),sriov_vi_flexible=${n},max_ioqpairs=$((2 * n + 2)),msix_qsize=$((n + 1))"
 	)
 }
-add_pf rp1 1 on pf1 e2e-vfio 7
-add_pf rp2 2 on pf2 e2e-nvme 4
-add_pf rp3 3 off pf3 e2e-shared 2
+# NIC machine (the guest finds each PF by its MAC address):
+#   nicA (52:54:00:e2:e0:0a) ACS root port: kernel pool by pfNames, vfio pool
+#        by drivers: [igbvf], release through PodResources.
+#   nicB (52:54:00:e2:e0:0b) ACS root port: host-use interlock, link health
+#        (its netdev n1 is the one set_link may switch), sriov_numvfs changes.
+#   nicC (52:54:00:e2:e0:0c) root port with disable-acs=on: non-viable group.
+# Each NIC sits on its own QEMU hub: no host networking, no user-mode stack.
+add_nic() { # root-port-id chassis acs(on|off) nic-id netdev-id mac-suffix
+	local port="pcie-root-port,id=$1,bus=pcie.0,chassis=$2,slot=$2"
+	[[ $3 == on ]] || port+=",disable-acs=on"
+	devices+=(
+		-device "${port}"
+		-netdev "hubport,id=$5,hubid=$2"
+		-device "igb,bus=$1,id=$4,netdev=$5,mac=52:54:00:e2:e0:$6"
+	)
+}
+if [[ ${MACHINE} == nic ]]; then
+	add_nic rp1 1 on nicA n0 0a
+	add_nic rp2 2 on nicB n1 0b
+	add_nic rp3 3 off nicC n2 0c
+else
+	add_pf rp1 1 on pf1 e2e-vfio 7
+	add_pf rp2 2 on pf2 e2e-nvme 4
+	add_pf rp3 3 off pf3 e2e-shared 2
+fi
 
 serial_log=${OUT}/serial.log
 # no_timer_check: under TCG on a loaded host the kernel's early check that
 # the timer interrupt works through the remapped IO-APIC can time out and
 # panic ("timer doesn't work through Interrupt-remapped IO-APIC").
 cmdline="intel_iommu=on iommu=pt console=ttyS0 panic=-1 loglevel=4 no_timer_check rdinit=/init"
+monitor=(-monitor none)
+if [[ ${MACHINE} == nic ]]; then
+	# The monitor on a FIFO pair (monitor.in / monitor.out): no socket tool needed.
+	rm -f "${OUT}/monitor.in" "${OUT}/monitor.out"
+	mkfifo "${OUT}/monitor.in" "${OUT}/monitor.out"
+	monitor=(-chardev "pipe,id=mon0,path=${OUT}/monitor" -mon chardev=mon0,mode=readline)
+fi
+
+# host_requests follows the serial log and runs the guest's requests on the
+# QEMU monitor. Only `set_link <netdev of this lab> on|off` is accepted; each
+# one is logged to host-requests.log.
+host_requests() {
+	local line cmd
+	while IFS= read -r line; do
+		line=${line%$'\r'}
+		[[ ${line} == 'E2E HOST '* ]] || continue
+		cmd=${line#E2E HOST }
+		if [[ ${cmd} =~ ^set_link\ n[0-2]\ (on|off)$ ]]; then
+			printf '%s\n' "${cmd}" >"${OUT}/monitor.in"
+			printf '%s %s\n' "$(date +%T.%N)" "${cmd}" >>"${OUT}/host-requests.log"
+		else
+			printf '%s refused: %s\n' "$(date +%T.%N)" "${cmd}" >>"${OUT}/host-requests.log"
+		fi
+	done
+}
+helper_pids=()
+start_helpers() {
+	helper_pids=()
+	[[ ${MACHINE} == nic ]] || return 0
+	: >"${OUT}/host-requests.log"
+	cat "${OUT}/monitor.out" >"${OUT}/monitor.log" 2>/dev/null &
+	helper_pids+=($!)
+	tail -F -n +1 -s 0.1 "${serial_log}" 2>/dev/null > >(host_requests) &
+	helper_pids+=($!)
+}
+stop_helpers() {
+	local p
+	for p in "${helper_pids[@]}"; do
+		kill "${p}" 2>/dev/null || true
+	done
+	helper_pids=()
+}
+trap stop_helpers EXIT
+
 boot() {
 	rm -f "${serial_log}"
+	: >"${serial_log}"
 	qemu_rc=0
-	timeout --foreground -k 10 "${TIMEOUT}" qemu-system-x86_64 \
+	start_helpers
+	timeout --foreground -k 10 "${TIMEOUT}" "${QEMU}" \
 		-accel tcg -machine q35,kernel-irqchip=split -cpu max -smp "${SMP}" -m 1G \
 		-device intel-iommu,intremap=on,caching-mode=on \
 		-kernel "${KCACHE}/vmlinux" -initrd "${OUT}/initrd" -append "${cmdline}" \
 		-nic none -vga none -display none -no-reboot \
-		-serial "file:${serial_log}" -monitor none \
+		-serial "file:${serial_log}" "${monitor[@]}" \
 		"${devices[@]}" </dev/null >"${OUT}/qemu.log" 2>&1 || qemu_rc=$?
+	stop_helpers
 }
 log "booting QEMU (TCG, timeout ${TIMEOUT}s), serial log: ${serial_log}"
 boot_start=$(date +%s%N)
@@ -264,6 +367,7 @@ if ! grep -aq '^E2E END' "${guest_log}"; then
 	fi
 fi
 
-echo "e2e-kernel: wall time $(elapsed) (QEMU boot to power-off ${boot_ms}ms)"
-echo "e2e-kernel: ${passed} passed, ${failed} failed, ${skipped} skipped"
+name=e2e-${MACHINE/nvme/kernel}
+echo "${name}: wall time $(elapsed) (QEMU boot to power-off ${boot_ms}ms)"
+echo "${name}: ${passed} passed, ${failed} failed, ${skipped} skipped"
 ((failed == 0 && ok_end == 1))

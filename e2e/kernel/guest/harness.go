@@ -76,7 +76,8 @@ type harness struct {
 	work       string
 	only       map[string]bool
 	lab        *lab
-	broken     string // set after a scenario timed out: the rest cannot trust the state
+	nic        *nicLab // the NIC machine (run.sh --machine nic) instead of lab
+	broken     string  // set after a scenario timed out: the rest cannot trust the state
 	passed     int
 	failed     int
 	skipped    int

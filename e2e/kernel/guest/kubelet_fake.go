@@ -33,6 +33,7 @@ type fakeKubelet struct {
 	mu      sync.Mutex
 	eps     map[string]*endpoint // by resource name
 	changed chan struct{}        // closed and replaced on every registration
+	podRes  *fakePodResources    // nil unless the env serves PodResources
 }
 
 var _ pluginapi.RegistrationServer = (*fakeKubelet)(nil)
@@ -57,6 +58,9 @@ func (k *fakeKubelet) stop() {
 	k.srv.Stop()
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.podRes != nil {
+		k.podRes.stop()
+	}
 	for _, ep := range k.eps {
 		ep.close()
 	}
@@ -72,7 +76,7 @@ func (k *fakeKubelet) Register(ctx context.Context, r *pluginapi.RegisterRequest
 	if strings.Contains(r.Endpoint, "/") {
 		return nil, fmt.Errorf("endpoint %q must be a bare socket name in %s", r.Endpoint, k.dir)
 	}
-	ep, err := dialEndpoint(k.logf, r.ResourceName, filepath.Join(k.dir, r.Endpoint))
+	ep, err := dialEndpoint(k, r.ResourceName, filepath.Join(k.dir, r.Endpoint))
 	if err != nil {
 		return nil, err
 	}
@@ -120,6 +124,7 @@ func (k *fakeKubelet) waitEndpoint(resource string, after *endpoint, timeout tim
 
 // endpoint is kubelet's connection to one registered plugin resource.
 type endpoint struct {
+	k        *fakeKubelet
 	resource string
 	socket   string
 	conn     *grpc.ClientConn
@@ -145,13 +150,14 @@ func (k *fakeKubelet) logf(format string, args ...any) {
 	t.Logf(format, args...)
 }
 
-func dialEndpoint(logf func(string, ...any), resource, socket string) (*endpoint, error) {
+func dialEndpoint(k *fakeKubelet, resource, socket string) (*endpoint, error) {
+	logf := k.logf
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", socket, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ep := &endpoint{resource: resource, socket: socket, conn: conn, client: pluginapi.NewDevicePluginClient(conn), cancel: cancel, changed: make(chan struct{})}
+	ep := &endpoint{k: k, resource: resource, socket: socket, conn: conn, client: pluginapi.NewDevicePluginClient(conn), cancel: cancel, changed: make(chan struct{})}
 	octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
 	defer ocancel()
 	ep.options, err = ep.client.GetDevicePluginOptions(octx, &pluginapi.Empty{})
@@ -269,6 +275,13 @@ func (ep *endpoint) allocate(ids []string, timeout time.Duration) (*pluginapi.Co
 	}
 	if len(resp.ContainerResponses) != 1 {
 		return nil, d, fmt.Errorf("allocate %v: %d container responses, want 1", ids, len(resp.ContainerResponses))
+	}
+	// Like kubelet, record the assignment (PodResources lists it).
+	ep.k.mu.Lock()
+	pr := ep.k.podRes
+	ep.k.mu.Unlock()
+	if pr != nil {
+		pr.assign(ep.resource, ids...)
 	}
 	return resp.ContainerResponses[0], d, nil
 }

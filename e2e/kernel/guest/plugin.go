@@ -22,6 +22,9 @@ type pool struct {
 	rootDevices  []string
 	pciAddresses []string
 	drivers      []string
+	pfNames      []string
+	// restoreOnRelease: vfio pools return released units to their driver.
+	restoreOnRelease bool
 	// allowUnbindFrom: drivers a vfio pool may take a VF from. The
 	// product's default list leaves out storage drivers such as nvme.
 	allowUnbindFrom []string
@@ -44,6 +47,9 @@ func configYAML(pools ...pool) string {
 	fmt.Fprintf(&b, "resourcePrefix: %s\npools:\n", resourcePrefix)
 	for _, p := range pools {
 		fmt.Fprintf(&b, "- name: %s\n  mode: %s\n", p.name, p.mode)
+		if p.restoreOnRelease {
+			b.WriteString("  restoreOnRelease: true\n")
+		}
 		if len(p.allowUnbindFrom) > 0 {
 			fmt.Fprintf(&b, "  allowUnbindFrom: %s\n", yamlList(p.allowUnbindFrom))
 		}
@@ -51,7 +57,7 @@ func configYAML(pools ...pool) string {
 		for _, s := range []struct {
 			key  string
 			vals []string
-		}{{"vendors", p.vendors}, {"devices", p.devices}, {"rootDevices", p.rootDevices}, {"pciAddresses", p.pciAddresses}, {"drivers", p.drivers}} {
+		}{{"vendors", p.vendors}, {"devices", p.devices}, {"rootDevices", p.rootDevices}, {"pciAddresses", p.pciAddresses}, {"drivers", p.drivers}, {"pfNames", p.pfNames}} {
 			if len(s.vals) > 0 {
 				fmt.Fprintf(&b, "    %s: %s\n", s.key, yamlList(s.vals))
 			}
@@ -74,6 +80,10 @@ type pluginEnv struct {
 	port      int
 	runs      int
 	shared    bool
+	// Set by withPodResources: the fake kubelet also serves PodResources
+	// there, and the plugin writes device-info files into deviceInfoDir.
+	podResSock    string
+	deviceInfoDir string
 }
 
 // use hands a shared env to the next scenario (for logging).
@@ -142,6 +152,9 @@ func (e *pluginEnv) start(extraEnv ...string) (*pluginProc, error) {
 		"--dev-root", "/dev",
 		"--health-addr", fmt.Sprintf("127.0.0.1:%d", e.port),
 		"--log-level", "debug",
+	}
+	if e.podResSock != "" {
+		args = append(args, "--pod-resources-socket", e.podResSock, "--device-info-dir", e.deviceInfoDir)
 	}
 	cmd := exec.Command(e.h.cli, args...)
 	cmd.Env = append(os.Environ(), extraEnv...)

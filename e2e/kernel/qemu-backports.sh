@@ -26,9 +26,23 @@ PKGS=(qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu)
 log() { printf 'e2e-qemu: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# lacking ROOT: the libraries ldd cannot find for ROOT's QEMU. The root
+# holds only what the host lacked when it was fetched (apt's answer), so a
+# host that has since lost a library (apt autoremove) needs a new fetch.
+lacking() {
+	LD_LIBRARY_PATH="$1/usr/lib/x86_64-linux-gnu:$1/lib/x86_64-linux-gnu" ldd "$1/usr/bin/qemu-system-x86_64" 2>&1 |
+		awk '/not found/ {print $1}' | tr '\n' ' '
+}
+# -device igb,help rather than -device help: the latter loads every module
+# QEMU can find, including the host's own QEMU's (other version: fatal).
+has_igb() { "$1/bin/qemu-system-x86_64" -device igb,help 2>/dev/null | grep -q '^igb options'; }
+
 if [[ -s ${ROOT}/stamp && -x ${ROOT}/bin/qemu-system-x86_64 ]]; then
-	echo "${ROOT}"
-	exit 0
+	if [[ -z $(lacking "${ROOT}") ]] && has_igb "${ROOT}"; then
+		echo "${ROOT}"
+		exit 0
+	fi
+	log "cached QEMU in ${ROOT} lacks libraries now ($(lacking "${ROOT}")); fetching again"
 fi
 [[ $(id -u) -eq 0 ]] || die "must run as root (apt-get download, ${CACHE})"
 
@@ -101,11 +115,11 @@ exec "$R/usr/bin/qemu-system-x86_64" -L "$R/usr/share/qemu" -L "$R/usr/share/sea
 EOF
 chmod 0755 "${stage}/bin/qemu-system-x86_64"
 
-missing=$(LD_LIBRARY_PATH="${stage}/usr/lib/x86_64-linux-gnu:${stage}/lib/x86_64-linux-gnu" ldd "${stage}/usr/bin/qemu-system-x86_64" | grep 'not found' || true)
+missing=$(lacking "${stage}")
 [[ -z ${missing} ]] || die "QEMU ${QVER} still lacks libraries: ${missing}"
 ver=$("${stage}/bin/qemu-system-x86_64" --version | head -n 1)
 [[ ${ver} == *" ${QVER}"* ]] || die "unexpected version: ${ver}"
-"${stage}/bin/qemu-system-x86_64" -device help 2>/dev/null | grep -q '"igb"' || die "QEMU ${QVER} has no igb device"
+has_igb "${stage}" || die "QEMU ${QVER} has no igb device"
 printf '%s\n' "${want[@]}" >"${stage}/packages"
 echo "${ver}" >"${stage}/stamp"
 rm -rf "${ROOT}"

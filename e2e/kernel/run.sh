@@ -17,6 +17,7 @@
 #   E2E_SMP      guest CPUs (default 2).
 #   E2E_CLI      a prebuilt static sriov-cdi binary to test instead of building
 #                ./cmd/sriov-cdi (e.g. a release artifact).
+#   E2E_TIMEOUT_SCALE  integer factor applied to E2E_TIMEOUT (loaded hosts).
 #   E2E_MACHINE  nvme (default) or nic; also `run.sh --machine nic`.
 #
 # --machine nic (make e2e-nic) boots the same kernel and initramfs on a
@@ -58,6 +59,9 @@ else
 	OUT=${E2E_OUT:-${CACHE}/run}
 	TIMEOUT=${E2E_TIMEOUT:-300}
 fi
+# A busy host (TCG shares 2 cores with other builds): E2E_TIMEOUT_SCALE=N
+# multiplies the QEMU timeout.
+TIMEOUT=$((TIMEOUT * ${E2E_TIMEOUT_SCALE:-1}))
 SMP=${E2E_SMP:-2}
 GO=${GO:-go}
 
@@ -271,7 +275,7 @@ host_requests() {
 		[[ ${line} == 'E2E HOST '* ]] || continue
 		cmd=${line#E2E HOST }
 		if [[ ${cmd} =~ ^set_link\ n[0-2]\ (on|off)$ ]]; then
-			printf '%s\n' "${cmd}" >"${OUT}/monitor.in"
+			printf '%s\n' "${cmd}" >&9
 			printf '%s %s\n' "$(date +%T.%N)" "${cmd}" >>"${OUT}/host-requests.log"
 		else
 			printf '%s refused: %s\n' "$(date +%T.%N)" "${cmd}" >>"${OUT}/host-requests.log"
@@ -283,6 +287,9 @@ start_helpers() {
 	helper_pids=()
 	[[ ${MACHINE} == nic ]] || return 0
 	: >"${OUT}/host-requests.log"
+	# Held open read-write here: a write never blocks on open, even after
+	# QEMU has gone.
+	exec 9<>"${OUT}/monitor.in"
 	cat "${OUT}/monitor.out" >"${OUT}/monitor.log" 2>/dev/null &
 	helper_pids+=($!)
 	tail -F -n +1 -s 0.1 "${serial_log}" 2>/dev/null > >(host_requests) &
@@ -294,6 +301,7 @@ stop_helpers() {
 		kill "${p}" 2>/dev/null || true
 	done
 	helper_pids=()
+	[[ ${MACHINE} != nic ]] || exec 9>&-
 }
 trap stop_helpers EXIT
 

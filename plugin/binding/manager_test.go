@@ -173,7 +173,7 @@ func TestForAllocate(t *testing.T) {
 		t.Errorf("kernel pool wrote %v", w)
 	}
 	pc, units := e.plan("vf")
-	if err := (ForAllocate{m}).Prepare(ctx, pc, units[:1]); err != nil {
+	if _, err := (ForAllocate{m}).Prepare(ctx, pc, units[:1]); err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(allOn(vfio, "0000:01:00.1"), e.drivers("0000:01:00.1")); diff != "" {

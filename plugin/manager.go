@@ -65,6 +65,9 @@ type Options struct {
 	// kubelet (at start and when kubelet restarted): the vfio release
 	// watcher starts its settle time again (binding.Watcher.KubeletRestarted).
 	OnRegistered func()
+	// Release says when kubelet has released a device (device-info
+	// files); zero fields take DefaultReleaseTiming.
+	Release ReleaseTiming
 	// Holdings tells which functions sriov-cdi bound and for which pool,
 	// so that a unit stays in its pool while binding changes what the
 	// selectors read (driver, netdevs); nil: none (no vfio binding).
@@ -142,6 +145,7 @@ func NewManager(opts Options) (*Manager, error) {
 	if opts.Debounce <= 0 {
 		opts.Debounce = 20 * time.Millisecond
 	}
+	opts.Release = opts.Release.WithDefaults()
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
@@ -159,7 +163,8 @@ func NewManager(opts Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{opts: opts, log: opts.Log, cfg: cfg, cfgBytes: b, endpoints: map[string]*managed{}, kick: make(chan trigger, 1024)}, nil
+	return &Manager{opts: opts, log: opts.Log, cfg: cfg, cfgBytes: b, endpoints: map[string]*managed{}, kick: make(chan trigger, 1024),
+		releases: releases{rule: opts.Release.Rule}}, nil
 }
 
 // Trigger asks for a full rescan soon (coalesced with other requests).
@@ -252,7 +257,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		return err
 	}
 	if m.opts.DeviceInfo != nil && m.opts.PodResources != nil {
-		go m.releaseDeviceInfo(ctx, m.opts.PodResources, 10*time.Second)
+		go m.releaseDeviceInfo(ctx, m.opts.PodResources, m.opts.Release.Poll)
 	}
 	m.bindStartupPools(ctx)
 	m.registerAll(ctx)

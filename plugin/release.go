@@ -19,10 +19,43 @@ import (
 // release watcher of vfio bindings uses the same).
 type PodLister = binding.PodLister
 
-// deviceInfoGrace is how long a device-info file may exist before kubelet
-// lists its device as assigned (Allocate writes it before kubelet records
-// the assignment).
-const deviceInfoGrace = 2 * time.Minute
+// ReleaseTiming says when a device counts as released by kubelet: the
+// PodResources poll period, the grace a new file (or binding) has before
+// kubelet must list it as assigned (Allocate writes before kubelet records
+// the assignment), and the evidence rule. Zero fields take the defaults
+// (DefaultReleaseTiming); shorter values are for labs.
+type ReleaseTiming struct {
+	Poll  time.Duration
+	Grace time.Duration
+	Rule  binding.ReleaseRule
+}
+
+// DefaultReleaseTiming: a 10 s poll, a 2 minute grace and
+// binding.DefaultReleaseRule.
+func DefaultReleaseTiming() ReleaseTiming {
+	return ReleaseTiming{Poll: 10 * time.Second, Grace: 2 * time.Minute, Rule: binding.DefaultReleaseRule()}
+}
+
+// WithDefaults fills zero fields from DefaultReleaseTiming.
+func (t ReleaseTiming) WithDefaults() ReleaseTiming {
+	d := DefaultReleaseTiming()
+	if t.Poll <= 0 {
+		t.Poll = d.Poll
+	}
+	if t.Grace <= 0 {
+		t.Grace = d.Grace
+	}
+	if t.Rule.Lists <= 0 {
+		t.Rule.Lists = d.Rule.Lists
+	}
+	if t.Rule.Span <= 0 {
+		t.Rule.Span = d.Rule.Span
+	}
+	if t.Rule.Settle <= 0 {
+		t.Rule.Settle = d.Rule.Settle
+	}
+	return t
+}
 
 // devInfoKey names one device-info file: a device of a resource.
 type devInfoKey struct {
@@ -36,12 +69,13 @@ type devInfoKey struct {
 // starts its settle time again.
 type releases struct {
 	mu      sync.Mutex
+	rule    binding.ReleaseRule
 	tracker *binding.ReleaseTracker[devInfoKey]
 }
 
 func (r *releases) get(now time.Time) *binding.ReleaseTracker[devInfoKey] {
 	if r.tracker == nil {
-		r.tracker = binding.NewReleaseTracker[devInfoKey](binding.DefaultReleaseRule(), now)
+		r.tracker = binding.NewReleaseTracker[devInfoKey](r.rule, now)
 	}
 	return r.tracker
 }
@@ -73,7 +107,7 @@ func (m *Manager) releaseDeviceInfo(ctx context.Context, lister PodLister, every
 
 // pollReleases lists assigned devices and removes the files of devices the
 // release rule says kubelet released. Candidates are the devices of every
-// pool not listed as assigned whose file is older than deviceInfoGrace.
+// pool not listed as assigned whose file is older than the release grace.
 func (m *Manager) pollReleases(ctx context.Context, lister PodLister, clock func() time.Time) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -102,7 +136,7 @@ func (m *Manager) pollReleases(ctx context.Context, lister PodLister, clock func
 				continue
 			}
 			st, err := os.Stat(filepath.Join(w.Dir, deviceinfo.FileName(res, u.ID)))
-			if err == nil && now.Sub(st.ModTime()) > deviceInfoGrace {
+			if err == nil && now.Sub(st.ModTime()) > m.opts.Release.Grace {
 				cands = append(cands, k)
 			}
 		}

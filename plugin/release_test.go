@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
 	"github.com/sriov-cdi/sriov-cdi/plugin/kubelettest"
 )
 
@@ -90,5 +91,31 @@ func TestDeviceInfoKeptThroughIncompleteAndStaleAnswers(t *testing.T) {
 	}
 	if !e.exists("0000:01:00.1") || !e.exists("0000:01:00.2") {
 		t.Errorf("a file was removed on incomplete or stale answers: 01:00.1 kept=%v, 01:00.2 kept=%v", e.exists("0000:01:00.1"), e.exists("0000:01:00.2"))
+	}
+}
+
+// TestDeviceInfoReleaseTiming: Options.Release (the --release-* flags)
+// replaces the default figures: with a 1 s grace and a one-answer rule the
+// file goes at the first poll after the grace, not minutes later.
+func TestDeviceInfoReleaseTiming(t *testing.T) {
+	h := startHarness(t, 1, 2, `pools: [{name: vf, selectors: {rootDevices: ["0000:01:00.0"]}}]`, nil, zap.NewNop(), func(_ string, o *Options) {
+		o.Release = ReleaseTiming{Grace: time.Second, Rule: binding.ReleaseRule{Lists: 1, Span: time.Millisecond, Settle: time.Millisecond}}
+	})
+	c := h.kubelet.client(t, h.registrations(t, 1)["sriov-cdi.io/vf"])
+	if _, err := c.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"0000:01:00.1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	e := &releaseEnv{h: h, kl: kubelettest.New(), now: time.Now()}
+	e.poll(t, 0)
+	if !e.exists("0000:01:00.1") {
+		t.Fatal("removed within the 1 s grace")
+	}
+	e.poll(t, 2*time.Second)
+	e.poll(t, 2*time.Second)
+	if e.exists("0000:01:00.1") {
+		t.Error("kept after the grace with a one-answer rule")
+	}
+	if d := DefaultReleaseTiming(); h.mgr.opts.Release.Poll != d.Poll {
+		t.Errorf("unset poll = %v, want the default %v", h.mgr.opts.Release.Poll, d.Poll)
 	}
 }

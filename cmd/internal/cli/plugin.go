@@ -37,6 +37,11 @@ func pluginCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "proc-root", Usage: "the host's /proc (hostPID, or the host's /proc mounted), where the release watcher sees which processes hold /dev/vfio/<group> open (default: /proc with --sysfs-root /sys; empty with another root)", Sources: ucli.EnvVars("SRIOV_CDI_PROC_ROOT")},
 			&ucli.StringFlag{Name: "pod-resources-socket", Value: "/var/lib/kubelet/pod-resources/kubelet.sock", Usage: "kubelet's PodResources API, to learn which devices were released (empty: never restore on release)", Sources: ucli.EnvVars("SRIOV_CDI_POD_RESOURCES_SOCKET")},
 			&ucli.BoolFlag{Name: "uevents", Value: true, Usage: "react to kernel uevents (needs the host network namespace)", Sources: ucli.EnvVars("SRIOV_CDI_UEVENTS")},
+			&ucli.DurationFlag{Name: "release-poll", Value: plugin.DefaultReleaseTiming().Poll, Usage: "how often kubelet's PodResources API is asked which devices are assigned", Sources: ucli.EnvVars("SRIOV_CDI_RELEASE_POLL")},
+			&ucli.DurationFlag{Name: "release-grace", Value: plugin.DefaultReleaseTiming().Grace, Usage: "how long an allocated device may go unlisted by kubelet before it can count as released (kubelet records an assignment after Allocate)", Sources: ucli.EnvVars("SRIOV_CDI_RELEASE_GRACE")},
+			&ucli.IntFlag{Name: "release-lists", Value: binding.DefaultReleaseRule().Lists, Usage: "consecutive PodResources answers that must lack a device before it is released", Sources: ucli.EnvVars("SRIOV_CDI_RELEASE_LISTS")},
+			&ucli.DurationFlag{Name: "release-span", Value: binding.DefaultReleaseRule().Span, Usage: "how long a device must stay absent from PodResources answers before it is released", Sources: ucli.EnvVars("SRIOV_CDI_RELEASE_SPAN")},
+			&ucli.DurationFlag{Name: "release-settle", Value: binding.DefaultReleaseRule().Settle, Usage: "after a kubelet (re)start, how long its PodResources answers count for nothing (they may be incomplete)", Sources: ucli.EnvVars("SRIOV_CDI_RELEASE_SETTLE")},
 		),
 		Action: func(ctx context.Context, cmd *ucli.Command) error {
 			if os.Getenv("GOGC") == "" {
@@ -60,8 +65,12 @@ func pluginCommand() *ucli.Command {
 				DevicePluginDir: cmd.String("device-plugin-dir"),
 				RescanInterval:  cmd.Duration("rescan-interval"),
 				Uevents:         cmd.Bool("uevents"),
-				Metrics:         metrics.New(),
-				Log:             log,
+				Release: plugin.ReleaseTiming{
+					Poll: cmd.Duration("release-poll"), Grace: cmd.Duration("release-grace"),
+					Rule: binding.ReleaseRule{Lists: int(cmd.Int("release-lists")), Span: cmd.Duration("release-span"), Settle: cmd.Duration("release-settle")},
+				}.WithDefaults(),
+				Metrics: metrics.New(),
+				Log:     log,
 			}
 			if live := liveNet(root); live != nil {
 				// Scans answer from the last rtnetlink dump until an event
@@ -149,7 +158,9 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 			return err
 		}
 		opts.PodResources = podresourcesv1.NewPodResourcesListerClient(conn)
-		rw := binding.NewWatcher(bm, podresourcesv1.NewPodResourcesListerClient(conn), log.Named("release"), 0, 0, binding.WithPodResourcesSocket(sock))
+		rt := opts.Release
+		rw := binding.NewWatcher(bm, podresourcesv1.NewPodResourcesListerClient(conn), log.Named("release"), rt.Poll, rt.Grace,
+			binding.WithPodResourcesSocket(sock), binding.WithReleaseRule(rt.Rule))
 		opts.OnRegistered = rw.KubeletRestarted // kubelet (re)started: its first answers may be incomplete
 		go func() {
 			defer conn.Close()

@@ -28,7 +28,7 @@ CACHE=${E2E_CACHE:-/var/cache/sriov-cdi-e2e}
 source "$REPO/e2e/lib.sh"
 
 ETCD_MOD="$REPO/e2e/cluster/etcd"
-ETCD_VERSION=$(awk '$1 == "go.etcd.io/etcd/server/v3" && $2 ~ /^v/ { print $2; exit }' "$ETCD_MOD/go.mod")
+ETCD_VERSION=$(awk '{ for (i = 1; i < NF; i++) if ($i == "go.etcd.io/etcd/server/v3" && $(i + 1) ~ /^v/) { print $(i + 1); exit } }' "$ETCD_MOD/go.mod")
 ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
 SNAPSHOT="$REPO/sysfs/sample/nvme-sriov-acs.tar.gz"
 CHART="$REPO/deployments/helm/sriov-cdi"
@@ -95,7 +95,7 @@ build_image() { # sets IMAGE_TAR and TAG
 WORK=
 ETCD_PID='' APISERVER_PID='' CM_PID='' SCHED_PID='' CONTAINERD_PID='' KUBELET_PID=''
 CDI_BEFORE='' DEVINFO_BEFORE='' DP_BEFORE=''
-KUBELET_VAR_EXISTED=1 STATE_EXISTED=1 DEVINFO_EXISTED=1 MADE_SHARED=0
+KUBELET_VAR_EXISTED=1 STATE_EXISTED=1 DEVINFO_EXISTED=1 CDI_EXISTED=1 MADE_SHARED=0
 KUBELET_N=0
 
 cleanup() {
@@ -132,6 +132,7 @@ cleanup() {
 			grep -qxF "$f" <<<"$DEVINFO_BEFORE" || rm -f "$f"
 		done
 		[[ $DEVINFO_EXISTED == 1 ]] || rm -rf "$DEVINFO_DIR"
+		[[ $CDI_EXISTED == 1 ]] || rmdir "$CDI_DIR" 2>/dev/null
 		[[ $STATE_EXISTED == 1 ]] || rm -rf "$STATE_DIR"
 		if [[ $KUBELET_VAR_EXISTED == 0 ]]; then
 			rm -rf /var/lib/kubelet
@@ -236,7 +237,7 @@ start_control_plane() {
 		--client-ca-file "$p/ca.crt" --token-auth-file "$p/tokens.csv" \
 		--service-account-issuer https://kubernetes.default.svc --service-account-key-file "$p/sa.pub" \
 		--service-account-signing-key-file "$p/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
-		--authorization-mode Node,RBAC --allow-privileged=true \
+		--authorization-mode Node,RBAC --allow-privileged=true --kubelet-preferred-address-types InternalIP,Hostname \
 		--enable-priority-and-fairness=false --profiling=false --v 1 >"$WORK/logs/kube-apiserver.log" 2>&1 &
 	APISERVER_PID=$!
 	wait_for 120 "kube-apiserver /readyz" k get --raw /readyz || fail_setup "kube-apiserver not ready"
@@ -309,7 +310,7 @@ EOF
 	wait_for 30 "containerd socket" ctr_ version || fail_setup "containerd did not start"
 	local img
 	for img in "$IMG_DIR/busybox.tar" "$IMG_DIR/pause.tar" "$IMAGE_TAR"; do
-		ctr_ images import --platform linux/amd64 "$img" >/dev/null || fail_setup "ctr -n k8s.io images import $img"
+		ctr_ images import --platform linux/amd64 "$img" >/dev/null 2>"$WORK/logs/ctr-import.log" || fail_setup "ctr -n k8s.io images import $img"
 	done
 	log "imported $(ctr_ images ls -q | grep -c .) images: $(ctr_ images ls -q | grep sriov-cdi | paste -sd' ')"
 }
@@ -334,6 +335,15 @@ cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
 syncFrequency: 5s
+# Node status (allocatable) reaches the API within 2 s of a change, so the lab measures
+# the plugin's re-registration, not kubelet's 10 s default report period.
+nodeStatusUpdateFrequency: 2s
+# s5 kills the plugin process many times: restart it after 1 s, not after kubelet's
+# doubling crash back-off (10 s .. 5 min), which would dominate the run.
+featureGates:
+  KubeletCrashLoopBackOffMax: true
+crashLoopBackOff:
+  maxContainerRestartPeriod: 1s
 podLogsDir: $WORK/pod-logs
 enforceNodeAllocatable: []
 imageGCHighThresholdPercent: 100
@@ -409,22 +419,22 @@ fixture_digest() { (cd "$FIX" && find . -type f -print0 | sort -z | xargs -0 sha
 # Queries.
 
 allocatable() { # allocatable RESOURCE: the node's allocatable count (empty if none)
-	k get node "$NODE" -o json 2>/dev/null | jq -r --arg r "$1" '.status.allocatable[$r] // empty'
+	{ k get node "$NODE" -o json 2>/dev/null | jq -r --arg r "$1" '.status.allocatable[$r] // empty'; } || true
 }
 allocatable_is() { [[ $(allocatable "$1") == "$2" ]]; }
 
-plugin_pod() { k get pods -n "$NS" -l app.kubernetes.io/name=sriov-cdi -o jsonpath='{.items[0].metadata.name}' 2>/dev/null; }
-plugin_pod_field() { k get pods -n "$NS" -l app.kubernetes.io/name=sriov-cdi -o jsonpath="{.items[0]$1}" 2>/dev/null; }
+plugin_pod() { k get pods -n "$NS" -l app.kubernetes.io/name=sriov-cdi -o jsonpath='{.items[0].metadata.name}' 2>/dev/null || true; }
+plugin_pod_field() { k get pods -n "$NS" -l app.kubernetes.io/name=sriov-cdi -o jsonpath="{.items[0]$1}" 2>/dev/null || true; }
 ds_ready() {
 	local st
 	st=$(k get ds -n "$NS" "$RELEASE" -o jsonpath='{.status.desiredNumberScheduled} {.status.numberReady} {.status.updatedNumberScheduled}' 2>/dev/null)
 	[[ $st == "1 1 1" ]]
 }
 
-pod_field() { k get pod "$1" -n default -o jsonpath="$2" 2>/dev/null; }
+pod_field() { k get pod "$1" -n default -o jsonpath="$2" 2>/dev/null || true; }
 pod_running() { [[ $(pod_field "$1" '{.status.phase}') == Running ]]; }
 container_id() { pod_field "$1" '{.status.containerStatuses[0].containerID}/{.status.containerStatuses[0].restartCount}'; }
-pod_logs() { k logs "$1" -n default 2>/dev/null; }
+pod_logs() { k logs "$1" -n default 2>/dev/null || true; }
 pod_printed() { [[ $(pod_logs "$1") == *E2E-END* ]]; }
 
 # pod NAME RESOURCE=N...: a busybox pod that prints /dev/vfio and its
@@ -475,19 +485,19 @@ run_pod() {
 	wait_for 30 "pod $name output" pod_printed "$name" || { POD_ERR="pod $name printed no complete output"; return 1; }
 }
 
-pod_env() { pod_logs "$1" | sed -n "s/^$2=//p"; }
+pod_env() { pod_logs "$1" | sed -n "s/^$2=//p" || true; }
 
 # kubelet's checkpoint: every device it has assigned, one "RESOURCE ID" per line
 # (the same source the PodResources API answers from).
 assigned_devices() {
 	jq -r '.Data.PodDeviceEntries // [] | .[] | .ResourceName as $r | .DeviceIDs | to_entries[] | .value[] | "\($r) \(.)"' \
-		"$DP_DIR/kubelet_internal_checkpoint" 2>/dev/null
+		"$DP_DIR/kubelet_internal_checkpoint" 2>/dev/null || true
 }
 
 env_suffix() { tr 'a-z./' 'A-Z__' <<<"$1"; }
 
 metric() { # metric NAME{LABELS}: the plugin's metric value (host network, port 8082)
-	curl -sf --max-time 3 http://127.0.0.1:8082/metrics | awk -v m="$1" 'index($0, m) == 1 { print $2 }'
+	{ curl -sf --max-time 3 http://127.0.0.1:8082/metrics | awk -v m="$1" 'index($0, m) == 1 { print $2 }'; } || true
 }
 
 failure_context() {
@@ -676,6 +686,99 @@ registered_again() {
 	[[ -n $v ]] && (($(printf '%.0f' "$v") > $(printf '%.0f' "$1")))
 }
 
+# s5: chaos. E2E_CHAOS_CYCLES (default 200) pod create/delete cycles on the kernel pool
+# (two devices, two pods at a time), with a kubelet restart or a plugin kill (SIGKILL of
+# the plugin process: the container restarts) at random every few cycles. Checked: kubelet
+# never assigns a device twice (its checkpoint, what PodResources answers from), after
+# every restart allocatable equals the healthy devices within 10 s, and at the end no CDI
+# spec or device-info file is left beyond what the pools need.
+s5_chaos() {
+	local n=s5-chaos cycles=${E2E_CHAOS_CYCLES:-200} i errs=() kills=0 restarts=0 admitted=0 refused=0 slow=0 t
+	if ((cycles == 0)); then
+		result SKIP $n "E2E_CHAOS_CYCLES=0"
+		return
+	fi
+	k delete pod s1 s4 -n default --wait=true --timeout 60s >/dev/null 2>&1 || true
+	t=$(date +%s)
+	RANDOM=12 # the same sequence on every run
+	# Rounds of two cycles: the kernel pool has two devices, so two pods run at once.
+	for ((i = 1; i <= cycles; i += 2)); do
+		local a=chaos-$i b=chaos-$((i + 1)) p
+		# The previous round's pods go (not waited for: the new ones wait for the devices).
+		((i <= 2)) || k delete pod "chaos-$((i - 2))" "chaos-$((i - 1))" -n default --wait=false >/dev/null 2>&1 || true
+		if ((RANDOM % 5 == 0)); then
+			if ((RANDOM % 2 == 0)); then
+				restart_kubelet
+				restarts=$((restarts + 1))
+			else
+				local rc0
+				rc0=$(plugin_pod_field '.status.containerStatuses[0].restartCount')
+				kill_plugin || errs+=("cycle $i: no plugin process to kill")
+				kills=$((kills + 1))
+				# kubelet restarts the container after its crash back-off; count from then.
+				wait_for 120 "the plugin container to restart" plugin_restarted "$rc0" ||
+					errs+=("cycle $i: the plugin container did not restart")
+			fi
+			local t1=$SECONDS
+			if ! wait_for 120 "registration" allocatable_is "$KRES" 2; then
+				errs+=("cycle $i: allocatable $KRES=$(allocatable "$KRES") 120 s after the restart")
+				break
+			fi
+			((SECONDS - t1 <= 10)) || { slow=$((slow + 1)); log "cycle $i: allocatable back after $((SECONDS - t1))s"; }
+		fi
+		pod "$a" "$KRES=1" && pod "$b" "$KRES=1" || { errs+=("cycle $i: kubectl apply failed"); break; }
+		for p in "$a" "$b"; do
+			if wait_for 90 "pod $p to settle" pod_settled_k "$p"; then
+				if pod_running "$p"; then admitted=$((admitted + 1)); else refused=$((refused + 1)); fi
+			else
+				errs+=("cycle $i: pod $p did not settle: $(pod_field "$p" '{.status.phase} {.status.reason}')")
+				break 2
+			fi
+		done
+		local dup
+		dup=$(assigned_devices | sort | uniq -d | paste -sd,)
+		[[ -z $dup ]] || { errs+=("cycle $i: kubelet assigned $dup twice"); break; }
+	done
+	k delete pod --all -n default --wait=true --timeout 90s >/dev/null 2>&1 || true
+	((slow == 0)) || errs+=("allocatable took more than 10 s to come back after $slow of $((kills + restarts)) restarts")
+	local specs
+	specs=$(ours "$CDI_DIR"/sriov-cdi_* | wc -w)
+	((specs == 3)) || errs+=("$specs CDI spec files of ours, want 3 (one per pool)")
+	local di
+	di=$(find "$DEVINFO_DIR" -type f 2>/dev/null | wc -l || true)
+	((di == 0)) || errs+=("$di device-info files left")
+	if ((${#errs[@]})); then
+		fail $n "$(IFS=';'; echo "${errs[*]:0:5}")"
+	else
+		result PASS $n "$cycles cycles in $(($(date +%s) - t))s: $admitted pods ran, $refused refused at admission, $restarts kubelet restarts, $kills plugin kills; no device assigned twice, allocatable back within 10 s every time, $specs CDI specs (one per pool), no device-info file"
+	fi
+}
+
+plugin_restarted() { # plugin_restarted COUNT: restartCount grew and the container runs
+	(($(plugin_pod_field '.status.containerStatuses[0].restartCount') > $1)) &&
+		[[ -n $(plugin_pod_field '.status.containerStatuses[0].state.running.startedAt') ]]
+}
+
+# pod_settled_k NAME: Running, or Failed (kubelet's admission refused it).
+pod_settled_k() {
+	case $(pod_field "$1" '{.status.phase}') in
+	Running | Failed | Succeeded) return 0 ;;
+	esac
+	return 1
+}
+
+# kill_plugin: SIGKILL the plugin process (found by its container's cgroup
+# membership, never by name alone).
+kill_plugin() {
+	local cid pid
+	cid=$(plugin_pod_field '.status.containerStatuses[0].containerID')
+	cid=${cid#containerd://}
+	[[ -n $cid ]] || return 1
+	pid=$(ctr_ tasks ls 2>/dev/null | awk -v c="$cid" '$1 == c { print $2 }')
+	[[ -n $pid && $pid != 0 ]] || return 1
+	kill -KILL "$pid"
+}
+
 # s6: helm uninstall -> our sockets, CDI specs and device-info files are gone; the
 # host's (another plugin's socket, another vendor's CDI spec, another device-info
 # file, the sysfs tree) are untouched.
@@ -689,7 +792,7 @@ s6_uninstall() {
 	printf 'cdiVersion: 0.6.0\nkind: example.com/host\ndevices:\n  - name: d\n    containerEdits:\n      env: ["E2E_HOST=1"]\n' >"${decoys[1]}"
 	echo '{"type":"pci"}' >"${decoys[2]}"
 	local ours_before
-	ours_before=$(ls "$DP_DIR"/sriov-cdi-*.sock "$CDI_DIR"/sriov-cdi_* 2>/dev/null | xargs -n1 basename 2>/dev/null | paste -sd' ')
+	ours_before=$(ours "$DP_DIR"/sriov-cdi-*.sock "$CDI_DIR"/sriov-cdi_* "$DEVINFO_DIR"/*sriov-cdi*)
 	local out
 	if ! out=$("$HELM" --kubeconfig "$KCFG" uninstall "$RELEASE" -n "$NS" --wait --timeout 120s 2>&1); then
 		fail $n "helm uninstall failed: $(tail -n 3 <<<"$out" | tr '\n' '|')"
@@ -697,11 +800,11 @@ s6_uninstall() {
 	fi
 	wait_for 60 "the plugin pod to go" no_plugin_pod || errs+=("the plugin pod is still there 60 s after helm uninstall")
 	local left
-	left=$(ls "$DP_DIR"/sriov-cdi-*.sock 2>/dev/null | paste -sd' ')
+	left=$(ours "$DP_DIR"/sriov-cdi-*.sock)
 	[[ -z $left ]] || errs+=("sockets left: $left")
-	left=$(ls "$CDI_DIR"/sriov-cdi_* 2>/dev/null | paste -sd' ')
+	left=$(ours "$CDI_DIR"/sriov-cdi_*)
 	[[ -z $left ]] || errs+=("CDI specs left: $left")
-	left=$(find "$DEVINFO_DIR" -type f ! -name "${decoys[2]##*/}" 2>/dev/null | paste -sd' ')
+	left=$(find "$DEVINFO_DIR" -type f ! -name "${decoys[2]##*/}" 2>/dev/null | paste -sd' ' || true)
 	[[ -z $left ]] || errs+=("device-info files left: $left")
 	for f in "${decoys[@]}"; do [[ -e $f ]] || errs+=("the host's $f was removed"); done
 	[[ $(fixture_digest) == "$FIX_DIGEST" ]] || errs+=("the host's sysfs tree changed")
@@ -715,6 +818,12 @@ s6_uninstall() {
 }
 
 no_plugin_pod() { [[ -z $(plugin_pod) ]]; }
+
+ours() { # ours GLOB...: the names of the files that exist, space-separated
+	local f out=()
+	for f in "$@"; do [[ -e $f ]] && out+=("${f##*/}"); done
+	echo "${out[*]}"
+}
 
 # ---------------------------------------------------------------------------
 
@@ -753,6 +862,7 @@ main() {
 	[[ -e /var/lib/kubelet ]] || KUBELET_VAR_EXISTED=0
 	[[ -e $STATE_DIR ]] || STATE_EXISTED=0
 	[[ -e $DEVINFO_DIR ]] || DEVINFO_EXISTED=0
+	[[ -e $CDI_DIR ]] || CDI_EXISTED=0
 	# The chart mounts the host's / with HostToContainer propagation (plugin.hostRootMount),
 	# which needs / to be a shared mount, as systemd makes it on every normal host.
 	if ! grep -qE '^[0-9]+ [0-9]+ [^ ]+ / / [^ ]+ .*shared:' /proc/self/mountinfo; then
@@ -774,10 +884,11 @@ main() {
 		s2_upgrade_pools
 		s3_plugin_pod_deleted
 		s4_kubelet_restart
+		s5_chaos
 		s6_uninstall
 	else
 		local s
-		for s in s2-upgrade-pools s3-plugin-pod-deleted s4-kubelet-restart s6-uninstall; do result SKIP "$s" "install failed"; done
+		for s in s2-upgrade-pools s3-plugin-pod-deleted s4-kubelet-restart s5-chaos s6-uninstall; do result SKIP "$s" "install failed"; done
 	fi
 	finish
 }

@@ -102,9 +102,10 @@ type Manager struct {
 	// startupFailed: units of bindAt: startup pools whose binding failed,
 	// not retried until the config changes (Allocate still tries).
 	startupFailed map[sysfs.Address]bool
-	host          *sysfs.Host  // last scan; owned by the Run goroutine
-	plan          *pool.Plan   // the plan of host; guarded by planMu
-	alive         atomic.Int64 // unix nanos of the last loop turn
+	host          *sysfs.Host      // last scan; owned by the Run goroutine
+	plan          *pool.Plan       // the plan of host; guarded by planMu
+	linkUp        pool.LinkHistory // netdevs seen up; guarded by planMu
+	alive         atomic.Int64     // unix nanos of the last loop turn
 	registrations atomic.Int64
 	releases      releases // device-info release decisions
 
@@ -447,7 +448,8 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 	if m.opts.Holdings != nil {
 		held = m.opts.Holdings.Held()
 	}
-	plan := pool.Build(m.cfg, h, pool.WithHeld(held))
+	plan := pool.Build(m.cfg, h, pool.WithHeld(held), pool.WithLinkHistory(m.linkUp))
+	m.linkUp = m.linkUp.SeenUp(h)
 	m.plan = plan
 	m.recordPlan(plan)
 	m.logRefusals(plan)

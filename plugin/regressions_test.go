@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -221,5 +222,26 @@ func TestAllocateFailingAfterBindRollsBack(t *testing.T) {
 	held := bm.Records()
 	if len(held) != 1 || held[0].Address != "0000:01:00.1" {
 		t.Errorf("state records after rollback: %+v; want only 0000:01:00.1", held)
+	}
+}
+
+// TestVFLinkDownIsUnhealthy (issue 13, found by the NIC lab): `ip link set
+// <vf> down` on a VF whose link was up makes it Unhealthy in ListAndWatch;
+// up again, Healthy.
+func TestVFLinkDownIsUnhealthy(t *testing.T) {
+	h := startHarness(t, 1, 2, `pools: [{name: vf, selectors: {rootDevices: ["0000:01:00.0"]}}]`, nil, zaptest.NewLogger(t))
+	c := h.kubelet.client(t, h.registrations(t, 1)["sriov-cdi.io/vf"])
+	stream, err := c.ListAndWatch(context.Background(), &pluginapi.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitList(t, stream, []string{"0000:01:00.1 Healthy", "0000:01:00.2 Healthy"})
+	operstate := filepath.Join(h.dir, "host", "sys", "bus/pci/devices/0000:01:00.1/net/ens0f0v0/operstate")
+	for _, step := range []struct{ state, health string }{{"down", "Unhealthy"}, {"up", "Healthy"}} {
+		if err := os.WriteFile(operstate, []byte(step.state+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		h.mgr.Trigger("test: link " + step.state)
+		waitList(t, stream, []string{"0000:01:00.1 " + step.health, "0000:01:00.2 Healthy"})
 	}
 }

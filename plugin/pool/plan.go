@@ -81,11 +81,46 @@ type Held map[sysfs.Address]string
 // BuildOption tunes Build.
 type BuildOption func(*buildOptions)
 
-type buildOptions struct{ held Held }
+type buildOptions struct {
+	held  Held
+	wasUp LinkHistory
+}
 
 // WithHeld makes functions sriov-cdi bound stay in the pool they were bound
 // for.
 func WithHeld(h Held) BuildOption { return func(o *buildOptions) { o.held = h } }
+
+// LinkHistory names the netdevs (by function and name) seen with their
+// link up since they appeared: a VF's own link going down is a fault only
+// after it was up — idle VFs sit with their link down, and a VF whose
+// netdev moved into a pod is not seen at all. Update it with SeenUp.
+type LinkHistory map[NetdevKey]bool
+
+// NetdevKey is one netdev of one function.
+type NetdevKey struct {
+	Address sysfs.Address
+	Name    string
+}
+
+// SeenUp returns the history after h: netdevs up now are added, netdevs
+// gone (unbound, renamed, moved into a pod) are forgotten, netdevs down
+// now keep what they had.
+func (lh LinkHistory) SeenUp(h *sysfs.Host) LinkHistory {
+	out := LinkHistory{}
+	for _, d := range h.Devices {
+		for _, n := range d.Netdevs {
+			k := NetdevKey{d.Address, n.Name}
+			if n.OperState == "up" || lh[k] {
+				out[k] = true
+			}
+		}
+	}
+	return out
+}
+
+// WithLinkHistory makes a kernel-pool function whose own netdev went down
+// after being seen up unhealthy, until it is up again.
+func WithLinkHistory(lh LinkHistory) BuildOption { return func(o *buildOptions) { o.wasUp = lh } }
 
 // Build matches every function of h against the pools of c. A function
 // goes to the first pool whose selectors match it. Bridges and PFs with VFs
@@ -155,21 +190,21 @@ func Build(c *config.Config, h *sysfs.Host, opts ...BuildOption) *Plan {
 		if p.Mode == config.ModeVFIO {
 			buildVFIO(plan, p, i, matched[i], owner, h, c)
 		} else {
-			buildKernel(plan, p, matched[i], h)
+			buildKernel(plan, p, matched[i], h, o.wasUp)
 		}
 	}
 	slices.SortStableFunc(plan.Unselected, func(a, b Refusal) int { return strings.Compare(string(a.Address), string(b.Address)) })
 	return plan
 }
 
-func buildKernel(plan *Plan, p *Pool, devs []*sysfs.Device, h *sysfs.Host) {
+func buildKernel(plan *Plan, p *Pool, devs []*sysfs.Device, h *sysfs.Host, wasUp LinkHistory) {
 	for _, d := range devs {
 		if use := hostUse(d); use != "" {
 			plan.Unselected = append(plan.Unselected, Refusal{d.Address, p.Name, use})
 			continue
 		}
 		u := newUnit(d, []sysfs.Address{d.Address})
-		u.Healthy, u.Reason = kernelHealth(d, h)
+		u.Healthy, u.Reason = kernelHealth(d, h, wasUp)
 		p.Units = append(p.Units, u)
 	}
 }
@@ -262,11 +297,17 @@ func driverName(d string) string {
 	return d
 }
 
-// kernelHealth: a kernel-mode device needs its driver, and a VF whose PF
-// has a netdev needs the PF's link up.
-func kernelHealth(d *sysfs.Device, h *sysfs.Host) (bool, string) {
+// kernelHealth: a kernel-mode device needs its driver, its own links up
+// once they were seen up, and a VF whose PF has a netdev needs the PF's
+// link up.
+func kernelHealth(d *sysfs.Device, h *sysfs.Host, wasUp LinkHistory) (bool, string) {
 	if d.Driver == "" {
 		return false, "no driver bound; a kernel pool hands devices out with their driver"
+	}
+	for _, n := range d.Netdevs {
+		if n.OperState != "up" && wasUp[NetdevKey{d.Address, n.Name}] {
+			return false, fmt.Sprintf("link %s went %s after being up", n.Name, n.OperState)
+		}
 	}
 	if d.IsVF() {
 		if pf := h.Device(d.PhysFn); pf != nil {

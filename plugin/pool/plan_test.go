@@ -269,3 +269,42 @@ pools:
 		})
 	}
 }
+
+// TestVFLinkHealth: a kernel-pool VF whose own link goes down after it was
+// seen up is unhealthy until it is up again; an idle VF that never came up
+// is healthy; a netdev that vanished (moved into a pod, unbound) is
+// forgotten, so it comes back healthy while down.
+func TestVFLinkHealth(t *testing.T) {
+	c := mustConfig(t, `pools: [{name: k, mode: kernel, selectors: {pciAddresses: ["0000:3b:02.0"]}}]`)
+	host := func(state string, netdev bool) *sysfs.Host {
+		h := testHost()
+		d := h.Device("0000:3b:02.0")
+		d.Netdevs = nil
+		if netdev {
+			d.Netdevs = []sysfs.Netdev{{Name: "ens1f0v0", OperState: state}}
+		}
+		h.Device("0000:3b:00.0").Netdevs[0].HostUse = "" // PF link up, not our concern here
+		return h
+	}
+	var lh LinkHistory
+	for _, step := range []struct {
+		name    string
+		h       *sysfs.Host
+		healthy bool
+		reason  string
+	}{
+		{"idle VF, link never up", host("down", true), true, ""},
+		{"link up", host("up", true), true, ""},
+		{"link down after up", host("down", true), false, "link ens1f0v0 went down after being up"},
+		{"still down", host("down", true), false, "link ens1f0v0 went down after being up"},
+		{"up again", host("up", true), true, ""},
+		{"netdev moved into a pod", host("", false), true, ""},
+		{"back on the host, down", host("down", true), true, ""},
+	} {
+		u := Build(c, step.h, WithLinkHistory(lh)).Pool("k").Unit("0000:3b:02.0")
+		if u == nil || u.Healthy != step.healthy || u.Reason != step.reason {
+			t.Fatalf("%s: unit %+v; want healthy=%v reason %q", step.name, u, step.healthy, step.reason)
+		}
+		lh = lh.SeenUp(step.h)
+	}
+}

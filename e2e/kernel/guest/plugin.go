@@ -154,7 +154,11 @@ func (e *pluginEnv) start(extraEnv ...string) (*pluginProc, error) {
 		"--log-level", "debug",
 	}
 	if e.podResSock != "" {
-		args = append(args, "--pod-resources-socket", e.podResSock, "--device-info-dir", e.deviceInfoDir)
+		args = append(args, "--pod-resources-socket", e.podResSock, "--device-info-dir", e.deviceInfoDir,
+			// The production release rule, at lab speed: absent from 2
+			// answers over 2 s, nothing counted for 5 s after a kubelet
+			// (re)start, a new allocation's grace 5 s.
+			"--release-poll", "1s", "--release-lists", "2", "--release-span", "2s", "--release-settle", "5s", "--release-grace", "5s")
 	}
 	cmd := exec.Command(e.h.cli, args...)
 	cmd.Env = append(os.Environ(), extraEnv...)

@@ -524,16 +524,21 @@ func (h *harness) nicHealthVFLink(t *T) error {
 	}
 	vf := vfsOf(l.pfB)[1]
 	nd := netdevOf(vf)
+	// The plugin counts a VF's link going down as a fault only after it saw
+	// the link up (idle VFs sit down): bring it up and give the plugin
+	// time to see that (the rtnetlink event and a refresh) before the down.
+	// The scenario ends with the link up, so the VF stays Healthy for the
+	// scenarios after it.
 	if err := ipCmd(t, "link", "set", nd, "up"); err != nil {
 		return err
 	}
-	t.Cleanup(func() { _ = ipCmd(t, "link", "set", nd, "down") })
 	if !waitFor(10*time.Second, func() bool { return operState(nd) == "up" }) {
 		t.Logf("%s operstate %s carrier %s after link up (igbvf)", nd, operState(nd), carrierOf(nd))
 	}
 	if _, err := waitHealth(l.bVFEP, time.Time{}, 15*time.Second, []string{vf}, true); err != nil {
 		return fmt.Errorf("%s not healthy with %s up: %w", vf, nd, err)
 	}
+	time.Sleep(2 * time.Second)
 	t0 := time.Now()
 	if err := ipCmd(nil, "link", "set", nd, "down"); err != nil {
 		return err

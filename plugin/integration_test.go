@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
@@ -19,6 +20,27 @@ import (
 
 // lazyPrep lets a test build the Preparer once the fixture tree exists.
 type lazyPrep struct{ Preparer }
+
+// fakeKernel puts the fake kernel (sysfstest.Kernel: no real kernel runs in
+// unit tests; the e2e labs run the same path on one) under the harness's
+// tree and returns a binding manager writing through it, with its state
+// file at <dir>/state.json.
+func (h *harness) fakeKernel(t *testing.T, log *zap.Logger) (*sysfstest.Kernel, *binding.Manager, sysfs.Root) {
+	t.Helper()
+	host := filepath.Join(h.dir, "host")
+	k, err := sysfstest.NewKernel(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Unhang)
+	root := sysfs.Root{Sys: filepath.Join(host, "sys"), Dev: filepath.Join(host, "dev")}
+	bm, err := binding.NewManager(root, filepath.Join(h.dir, "state.json"), log, binding.WithWriter(k),
+		binding.WithTimeout(2*time.Second), binding.WithPollInterval(time.Millisecond), binding.WithFault(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, bm, root
+}
 
 // TestAllocateBindsAndWritesSpecs runs the plugin with the real binding
 // manager and CDI writer over a fixture tree whose kernel side is the fake
@@ -43,18 +65,7 @@ pools:
 		}
 		o.Specs = cdi.PlanSyncer{W: w, Root: o.Root}
 	})
-	host := filepath.Join(h.dir, "host")
-	k, err := sysfstest.NewKernel(host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Unhang)
-	root := sysfs.Root{Sys: filepath.Join(host, "sys"), Dev: filepath.Join(host, "dev")}
-	bm, err := binding.NewManager(root, filepath.Join(h.dir, "state.json"), log, binding.WithWriter(k),
-		binding.WithTimeout(2*time.Second), binding.WithPollInterval(time.Millisecond), binding.WithFault(""))
-	if err != nil {
-		t.Fatal(err)
-	}
+	k, bm, root := h.fakeKernel(t, log)
 	prep.Preparer = binding.ForAllocate{M: bm}
 
 	regs := h.registrations(t, 2)

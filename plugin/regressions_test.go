@@ -20,7 +20,6 @@ import (
 	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
 	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
-	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
 )
 
 // Regressions: each test here failed on the code before its fix.
@@ -57,18 +56,7 @@ func TestVFIOPoolKeepsWhatItBound(t *testing.T) {
 				}
 				o.Specs = cdi.PlanSyncer{W: w, Root: o.Root}
 			})
-			host := filepath.Join(h.dir, "host")
-			k, err := sysfstest.NewKernel(host)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(k.Unhang)
-			root := sysfs.Root{Sys: filepath.Join(host, "sys"), Dev: filepath.Join(host, "dev")}
-			bm, err := binding.NewManager(root, filepath.Join(h.dir, "state.json"), log, binding.WithWriter(k),
-				binding.WithTimeout(2*time.Second), binding.WithPollInterval(time.Millisecond), binding.WithFault(""))
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, bm, _ := h.fakeKernel(t, log)
 			prep.Preparer = binding.ForAllocate{M: bm}
 
 			regs := h.registrations(t, 1)
@@ -180,18 +168,7 @@ func TestAllocateFailingAfterBindRollsBack(t *testing.T) {
 		o.Specs = syncer
 		o.Holdings = binding.NewHoldings(filepath.Join(dir, "state.json"))
 	})
-	host := filepath.Join(h.dir, "host")
-	k, err := sysfstest.NewKernel(host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Unhang)
-	root := sysfs.Root{Sys: filepath.Join(host, "sys"), Dev: filepath.Join(host, "dev")}
-	bm, err := binding.NewManager(root, filepath.Join(h.dir, "state.json"), log, binding.WithWriter(k),
-		binding.WithTimeout(2*time.Second), binding.WithPollInterval(time.Millisecond), binding.WithFault(""))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, bm, root := h.fakeKernel(t, log)
 	prep.Preparer = binding.ForAllocate{M: bm}
 	c := h.kubelet.client(t, h.registrations(t, 1)["example.com/vf"])
 	alloc := func(ids ...string) error {

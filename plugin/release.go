@@ -45,15 +45,7 @@ func (t ReleaseTiming) WithDefaults() ReleaseTiming {
 	if t.Grace <= 0 {
 		t.Grace = d.Grace
 	}
-	if t.Rule.Lists <= 0 {
-		t.Rule.Lists = d.Rule.Lists
-	}
-	if t.Rule.Span <= 0 {
-		t.Rule.Span = d.Rule.Span
-	}
-	if t.Rule.Settle <= 0 {
-		t.Rule.Settle = d.Rule.Settle
-	}
+	t.Rule = t.Rule.WithDefaults()
 	return t
 }
 

@@ -28,7 +28,8 @@ func DefaultReleaseRule() ReleaseRule {
 	return ReleaseRule{Lists: 3, Span: 30 * time.Second, Settle: 2 * time.Minute}
 }
 
-func (r ReleaseRule) withDefaults() ReleaseRule {
+// WithDefaults fills zero fields from DefaultReleaseRule.
+func (r ReleaseRule) WithDefaults() ReleaseRule {
 	d := DefaultReleaseRule()
 	if r.Lists <= 0 {
 		r.Lists = d.Lists
@@ -64,7 +65,7 @@ type absence struct {
 // NewReleaseTracker starts tracking at start, which counts as a kubelet
 // restart: what kubelet did before is unknown.
 func NewReleaseTracker[K comparable](rule ReleaseRule, start time.Time) *ReleaseTracker[K] {
-	return &ReleaseTracker[K]{rule: rule.withDefaults(), restart: start, absent: map[K]absence{}}
+	return &ReleaseTracker[K]{rule: rule.WithDefaults(), restart: start, absent: map[K]absence{}}
 }
 
 // KubeletRestarted records that kubelet (re)started or that a device plugin

@@ -56,6 +56,9 @@ type Device struct {
 	// SRIOV is set for functions with the SR-IOV capability.
 	SRIOV   *SRIOV   `json:"sriov,omitempty"`
 	Netdevs []Netdev `json:"netdevs,omitempty"`
+	// RDMA lists the RDMA devices the kernel registered on the function
+	// (an RDMA driver such as mlx5_ib bound to its auxiliary device).
+	RDMA []RDMADevice `json:"rdma,omitempty"`
 	// Path is the function's canonical directory relative to Root.Sys,
 	// e.g. "devices/pci0000:00/0000:00:01.0/0000:01:00.0"; its parent
 	// directories are the bridges above it.
@@ -98,7 +101,9 @@ type Host struct {
 	// Groups maps an IOMMU group number to its member functions, sorted.
 	Groups   map[string][]Address
 	Warnings []Warning // anomalies skipped during the scan, each naming its device
-	byAddr   map[Address]*Device
+	// RDMACM is true when /dev/infiniband/rdma_cm exists (rdma_ucm loaded).
+	RDMACM bool
+	byAddr map[Address]*Device
 }
 
 // Device returns the function at a, or nil.

@@ -10,7 +10,7 @@ import (
 // Fingerprint summarises, without reading any device, what kernel events
 // change under root: the PCI functions present, the functions bound to
 // each driver, and the /dev/vfio nodes. It costs one directory listing
-// per driver plus three. Equal fingerprints mean a full scan would find
+// per driver plus five. Equal fingerprints mean a full scan would find
 // the same functions on the same drivers; it says nothing about netdev
 // state (rtnetlink events carry that) or attributes that change without
 // any event (driver_override, sriov_drivers_autoprobe) — a periodic full
@@ -50,9 +50,13 @@ func Fingerprint(root Root) (uint64, error) {
 		}
 		add("driver "+d, bound)
 	}
-	for _, dir := range []string{"vfio", filepath.Join("vfio", "devices")} {
+	for _, dir := range []string{"vfio", filepath.Join("vfio", "devices"), RDMADevDir} {
 		names, _ := readDirNames(filepath.Join(root.Dev, dir)) // absent: no nodes
 		add(dir, names)
 	}
+	// RDMA devices come and go with their drivers (mlx5_ib binds an
+	// auxiliary device, not the PCI function): no PCI driver list shows it.
+	ib, _ := readDirNames(filepath.Join(root.Sys, "class", "infiniband"))
+	add("class infiniband", ib)
 	return h.Sum64(), nil
 }

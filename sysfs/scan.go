@@ -61,6 +61,7 @@ func Scan(root Root, opts ...ScanOption) (*Host, error) {
 	warns = append(warns, linkVFs(h, nil)...)
 	sortWarnings(warns)
 	h.Warnings = warns
+	s.finish(h)
 	return h, nil
 }
 
@@ -128,11 +129,12 @@ func Refresh(root Root, prev *Host, addrs []Address, opts ...ScanOption) *Host {
 	warns = append(warns, linkVFs(h, isFresh)...)
 	sortWarnings(warns)
 	h.Warnings = warns
+	s.finish(h)
 	return h
 }
 
 func newScanner(root Root, opts []ScanOption) *scanner {
-	s := &scanner{root: root, vfioGroups: map[string]bool{}, vfioDevices: map[string]bool{}}
+	s := &scanner{root: root, vfioGroups: map[string]bool{}, vfioDevices: map[string]bool{}, rdmaNodes: map[string]bool{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -147,6 +149,11 @@ func newScanner(root Root, opts []ScanOption) *scanner {
 	if names, err := readDirNames(filepath.Join(root.Dev, "vfio", "devices")); err == nil {
 		for _, n := range names {
 			s.vfioDevices[n] = true
+		}
+	}
+	if names, err := readDirNames(filepath.Join(root.Dev, RDMADevDir)); err == nil {
+		for _, n := range names {
+			s.rdmaNodes[n] = true
 		}
 	}
 	return s
@@ -191,7 +198,11 @@ type scanner struct {
 	net         NetUsage // netFn's answer for this scan
 	vfioGroups  map[string]bool
 	vfioDevices map[string]bool // names under /dev/vfio/devices
+	rdmaNodes   map[string]bool // names under /dev/infiniband
 }
+
+// finish sets what the scan read once for the whole host.
+func (s *scanner) finish(h *Host) { h.RDMACM = s.rdmaNodes[RDMACMNode] }
 
 // readDevice reads one function. It returns nil and a warning when the
 // function cannot be identified (vanished, or no vendor/device).
@@ -294,6 +305,11 @@ func (s *scanner) readDevice(name string, buf []byte) (*Device, []Warning) {
 		for _, n := range names {
 			d.Netdevs = append(d.Netdevs, s.readNetdev(dfd, dir, n, buf))
 		}
+	}
+	// One openat that fails on functions without an RDMA device; the
+	// char device directories are read only behind it.
+	if ibdevs, err := readDirNamesAt(dfd, "infiniband"); err == nil && len(ibdevs) > 0 {
+		d.RDMA = s.readRDMA(dfd, dir, ibdevs, buf, warn)
 	}
 	return d, warns
 }
@@ -609,5 +625,6 @@ func ReadGroups(root Root, addrs []Address, opts ...ScanOption) (*Host, error) {
 	warns = append(warns, linkVFs(h, nil)...)
 	sortWarnings(warns)
 	h.Warnings = warns
+	s.finish(h)
 	return h, nil
 }

@@ -33,6 +33,9 @@ type Function struct {
 	Group          string // IOMMU group; "" for no group
 	Parent         string // address of the bridge above, "" for the root bus
 	Netdevs        []Netdev
+	// RDMA devices registered on the function (an RDMA driver such as
+	// mlx5_ib bound), written as the kernel shows them.
+	RDMA []RDMA
 	// PF-only: SR-IOV capability. TotalVFs > 0 marks a PF.
 	TotalVFs  int
 	Autoprobe bool
@@ -49,10 +52,24 @@ type Netdev struct {
 	Type      int // ARPHRD: 1 ether, 32 infiniband; 0 means 1
 }
 
+// RDMA is an RDMA device of a function, as the kernel lays it out: the
+// function's infiniband/<Name>/ (and /sys/class/infiniband/<Name>),
+// infiniband_verbs/uverbsN/ and infiniband_mad/{umad,issm}N/ with ibdev and
+// dev (major:minor) files and a device link back to the function, and the nodes in /dev/infiniband (regular files).
+type RDMA struct {
+	Name  string // ibdev, e.g. "mlx5_0"
+	Verbs []int  // N of each uverbsN (one per device on real hardware)
+	MAD   []int  // N of each umadN and issmN pair (one per port)
+	// NoNodes leaves the /dev/infiniband nodes out (sysfs only).
+	NoNodes bool
+}
+
 // Builder accumulates functions and writes them under Dir.
 type Builder struct {
 	Dir   string // the fixture root; the tree is Dir/sys and Dir/dev
 	funcs map[string]*Function
+	// RDMACM writes /dev/infiniband/rdma_cm (rdma_ucm loaded).
+	RDMACM bool
 }
 
 // New returns a builder for a tree rooted at dir.
@@ -108,6 +125,9 @@ func (b *Builder) Write() error {
 	w.file("bus/pci/drivers_autoprobe", "1", 0o644)
 	w.mkdir(filepath.Join("..", "dev", "vfio"))
 	w.file(filepath.Join("..", "dev", "vfio", "vfio"), "", 0o666)
+	if b.RDMACM {
+		w.file(filepath.Join("..", "dev", "infiniband", "rdma_cm"), "", 0o666)
+	}
 
 	addrs := make([]string, 0, len(b.funcs))
 	for a := range b.funcs {
@@ -212,6 +232,48 @@ func (b *Builder) writeFunction(w *writer, f *Function) {
 		}
 		w.file(filepath.Join(nd, "type"), strconv.Itoa(typ), 0o444)
 		w.link(filepath.Join("class/net", n.Name), nd)
+	}
+	for _, r := range f.RDMA {
+		writeRDMA(w, p, r)
+	}
+}
+
+// The kernel's RDMA char device numbers: major 231; umad minors from 0,
+// issm from 64, uverbs from 192 (the first range of each).
+const (
+	ibMajor          = 231
+	umadMinor        = 0
+	issmMinor        = 64
+	uverbsMinor      = 192
+	rdmaNodeDevMount = "../dev/infiniband"
+)
+
+func writeRDMA(w *writer, p string, r RDMA) {
+	ib := filepath.Join(p, "infiniband", r.Name)
+	w.mkdir(filepath.Join(ib, "ports", "1"))
+	w.file(filepath.Join(ib, "node_type"), "1: CA", 0o444)
+	w.link(filepath.Join(ib, "device"), p)
+	w.link(filepath.Join("class/infiniband", r.Name), ib)
+	char := func(class, name string, minor int, extra map[string]string) {
+		d := filepath.Join(p, class, name)
+		w.file(filepath.Join(d, "dev"), fmt.Sprintf("%d:%d", ibMajor, minor), 0o444)
+		w.file(filepath.Join(d, "ibdev"), r.Name, 0o444)
+		w.link(filepath.Join(d, "device"), p)
+		for k, v := range extra {
+			w.file(filepath.Join(d, k), v, 0o444)
+		}
+		w.link(filepath.Join("class", class, name), d)
+		if !r.NoNodes {
+			w.file(filepath.Join(rdmaNodeDevMount, name), "", 0o666)
+		}
+	}
+	for _, n := range r.Verbs {
+		char("infiniband_verbs", "uverbs"+strconv.Itoa(n), uverbsMinor+n, map[string]string{"abi_version": "1"})
+	}
+	for i, n := range r.MAD {
+		port := map[string]string{"port": strconv.Itoa(i + 1)}
+		char("infiniband_mad", "umad"+strconv.Itoa(n), umadMinor+n, port)
+		char("infiniband_mad", "issm"+strconv.Itoa(n), issmMinor+n, port)
 	}
 }
 

@@ -21,13 +21,13 @@ set -euo pipefail
 # pipeline with SIGPIPE. Match on captured output instead.
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-K8S_MOD="$REPO/e2e/k8s"
-K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ { print $2; exit }' "$K8S_MOD/go.mod")
-CONTAINERD_VERSION=v2.4.2
+LAB=e2e-kubelet
 CACHE=${E2E_CACHE:-/var/cache/sriov-cdi-e2e}
-KUBE_DIR="$CACHE/k8s-$K8S_VERSION"
-CTRD_DIR="$CACHE/containerd-$CONTAINERD_VERSION"
-IMG_DIR="$CACHE/images-v2"
+# log, die, result, wait_for, ensure_packages, the cached builds (kubelet,
+# containerd, images), stop_pid, kill_shims, unmount_under; K8S_VERSION,
+# KUBE_DIR, CTRD_DIR, IMG_DIR, BUSYBOX_IMAGE, PAUSE_IMAGE.
+# shellcheck source=../lib.sh
+source "$REPO/e2e/lib.sh"
 SNAPSHOT="$REPO/sysfs/sample/nvme-sriov-acs.tar.gz"
 
 NODE=e2e-node
@@ -36,45 +36,8 @@ VFIO_POOL=vf
 VFIO_DEV=0000:01:00.2
 KERNEL_POOL=nvme
 KERNEL_DEVS=(0000:02:00.1 0000:02:00.2)
-BUSYBOX_IMAGE=docker.io/library/busybox:sriov-cdi-e2e
-PAUSE_IMAGE=registry.k8s.io/pause:sriov-cdi-e2e
 DP_DIR=/var/lib/kubelet/device-plugins # fixed in kubelet
 CDI_DIR=/var/run/cdi
-
-PASSED=0 FAILED=0 SKIPPED=0
-T0=$(date +%s)
-
-log() { printf '[%4ss] %s\n' "$(($(date +%s) - T0))" "$*" >&2; }
-die() { # die REASON: the lab itself could not run; counts as a failure
-	log "FATAL: $*"
-	echo "E2E FAIL setup $*"
-	echo "e2e-kubelet: $PASSED passed, $((FAILED + 1)) failed, $SKIPPED skipped"
-	exit 1
-}
-result() { # result PASS|FAIL|SKIP name detail...
-	local r=$1 name=$2
-	shift 2
-	echo "E2E $r $name $*"
-	case $r in
-	PASS) PASSED=$((PASSED + 1)) ;;
-	FAIL) FAILED=$((FAILED + 1)) ;;
-	SKIP) SKIPPED=$((SKIPPED + 1)) ;;
-	esac
-}
-
-# wait_for SECONDS DESCRIPTION COMMAND...: poll every 0.5 s.
-wait_for() {
-	local secs=$1 what=$2
-	shift 2
-	local deadline=$(($(date +%s) + secs))
-	until "$@" >/dev/null 2>&1; do
-		if (($(date +%s) >= deadline)); then
-			log "timed out after ${secs}s waiting for $what"
-			return 1
-		fi
-		sleep 0.5
-	done
-}
 
 [[ $(id -u) == 0 ]] || die "must run as root (kubelet, containerd, mknod)"
 [[ -n $K8S_VERSION ]] || die "no k8s.io/kubernetes version in $K8S_MOD/go.mod"
@@ -82,125 +45,7 @@ command -v go >/dev/null || die "go is not installed"
 [[ -f $SNAPSHOT ]] || die "missing $SNAPSHOT"
 
 # ---------------------------------------------------------------------------
-# Packages, builds, images (cached).
-
-ensure_packages() {
-	local missing=() p
-	for p in runc busybox-static curl jq; do
-		[[ $(dpkg-query -W -f '${Status}' "$p" 2>/dev/null) == *"install ok installed"* ]] || missing+=("$p")
-	done
-	((${#missing[@]} == 0)) && return
-	log "apt-get install ${missing[*]}"
-	if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
-		apt-get update >&2 || true
-		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
-			die "apt-get install ${missing[*]} failed"
-	fi
-}
-
-build_kubelet() {
-	if [[ -x $KUBE_DIR/kubelet ]]; then
-		log "kubelet $K8S_VERSION: cached in $KUBE_DIR"
-		return
-	fi
-	log "building kubelet $K8S_VERSION (cold: several minutes)"
-	mkdir -p "$KUBE_DIR"
-	(cd "$K8S_MOD" && CGO_ENABLED=0 go build -trimpath -tags providerless \
-		-ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION" \
-		-o "$KUBE_DIR/kubelet.tmp" k8s.io/kubernetes/cmd/kubelet) || die "go build kubelet $K8S_VERSION failed"
-	mv "$KUBE_DIR/kubelet.tmp" "$KUBE_DIR/kubelet"
-}
-
-build_containerd() {
-	local b
-	if [[ -x $CTRD_DIR/bin/containerd && -x $CTRD_DIR/bin/containerd-shim-runc-v2 && -x $CTRD_DIR/bin/ctr ]]; then
-		log "containerd $CONTAINERD_VERSION: cached in $CTRD_DIR"
-		return
-	fi
-	log "building containerd $CONTAINERD_VERSION (cold: a few minutes)"
-	rm -rf "$CTRD_DIR/bin.tmp"
-	mkdir -p "$CTRD_DIR"
-	CGO_ENABLED=0 GOBIN="$CTRD_DIR/bin.tmp" go install \
-		"github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
-		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
-		"github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" || die "go install containerd $CONTAINERD_VERSION failed"
-	for b in containerd containerd-shim-runc-v2 ctr; do [[ -x $CTRD_DIR/bin.tmp/$b ]] || die "go install did not produce $b"; done
-	rm -rf "${CTRD_DIR:?}/bin"
-	mv "$CTRD_DIR/bin.tmp" "$CTRD_DIR/bin"
-}
-
-sha256() { sha256sum "$1" | cut -d' ' -f1; }
-
-# oci_image OUT.tar NAME ROOTFS_DIR ENTRYPOINT_JSON: an OCI image-layout
-# tarball with one uncompressed layer, tagged NAME for `ctr images import`.
-oci_image() {
-	local out=$1 name=$2 rootfs=$3 entrypoint=$4
-	local d
-	d=$(mktemp -d)
-	mkdir -p "$d/blobs/sha256"
-	tar --numeric-owner --owner=0 --group=0 --sort=name --mtime=@0 -C "$rootfs" -cf "$d/layer.tar" .
-	local layer lsize
-	layer=$(sha256 "$d/layer.tar")
-	lsize=$(stat -c %s "$d/layer.tar")
-	mv "$d/layer.tar" "$d/blobs/sha256/$layer"
-	printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Entrypoint":%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-		"$entrypoint" "$layer" >"$d/config.json"
-	local cfg csize
-	cfg=$(sha256 "$d/config.json")
-	csize=$(stat -c %s "$d/config.json")
-	mv "$d/config.json" "$d/blobs/sha256/$cfg"
-	printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
-		"$cfg" "$csize" "$layer" "$lsize" >"$d/manifest.json"
-	local man msize
-	man=$(sha256 "$d/manifest.json")
-	msize=$(stat -c %s "$d/manifest.json")
-	mv "$d/manifest.json" "$d/blobs/sha256/$man"
-	printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
-		"$man" "$msize" "$name" "${name##*:}" >"$d/index.json"
-	echo '{"imageLayoutVersion":"1.0.0"}' >"$d/oci-layout"
-	tar --numeric-owner --owner=0 --group=0 -C "$d" -cf "$out.tmp" oci-layout index.json blobs
-	mv "$out.tmp" "$out"
-	rm -rf "$d"
-}
-
-build_images() {
-	if [[ -f $IMG_DIR/busybox.tar && -f $IMG_DIR/pause.tar ]]; then
-		log "images: cached in $IMG_DIR"
-		return
-	fi
-	log "building busybox and pause OCI images"
-	mkdir -p "$IMG_DIR"
-	local d
-	d=$(mktemp -d)
-	# busybox: static busybox and the applets the test containers use.
-	mkdir -p "$d/busybox/bin" "$d/busybox/dev" "$d/busybox/proc" "$d/busybox/sys" "$d/busybox/tmp" "$d/busybox/etc"
-	cp /bin/busybox "$d/busybox/bin/busybox"
-	local a
-	for a in sh ls env sort sleep cat echo grep tr true; do ln -s busybox "$d/busybox/bin/$a"; done
-	oci_image "$IMG_DIR/busybox.tar" "$BUSYBOX_IMAGE" "$d/busybox" '["/bin/sh"]'
-	# pause: a static Go binary that sleeps until SIGTERM/SIGINT (it is PID 1:
-	# it must handle the signal itself).
-	mkdir -p "$d/pause-src" "$d/pause"
-	cat >"$d/pause-src/main.go" <<'EOF'
-package main
-
-import (
-	"os"
-	"os/signal"
-	"syscall"
-)
-
-func main() {
-	c := make(chan os.Signal, 1)
-	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
-	<-c
-}
-EOF
-	(cd "$d/pause-src" && CGO_ENABLED=0 GO111MODULE=off GOFLAGS='' go build -trimpath -ldflags '-s -w' -o "$d/pause/pause" main.go) ||
-		die "go build pause failed"
-	oci_image "$IMG_DIR/pause.tar" "$PAUSE_IMAGE" "$d/pause" '["/pause"]'
-	rm -rf "$d"
-}
+# Packages, builds, images (cached): e2e/lib.sh; the product binary here.
 
 build_sriov_cdi() { # sets SRIOV_CDI (empty if the product has no main package yet)
 	SRIOV_CDI=
@@ -257,7 +102,7 @@ cleanup() {
 			remove_all_containers
 		fi
 		stop_pid "$CONTAINERD_PID" containerd
-		kill_shims
+		kill_shims "$WORK/containerd/containerd.sock"
 		unmount_under "$WORK"
 		# CDI specs our plugin wrote into the host's /var/run/cdi.
 		local f
@@ -283,23 +128,6 @@ cleanup() {
 	exit "$rc"
 }
 
-stop_pid() { # stop_pid PID NAME: SIGTERM, then SIGKILL after 15 s
-	local pid=$1 name=$2 i
-	[[ -n $pid ]] || return 0
-	kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid" 2>/dev/null
-	for ((i = 0; i < 30; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.5
-	done
-	if kill -0 "$pid" 2>/dev/null; then
-		log "$name (pid $pid) ignored SIGTERM; killing"
-		kill -KILL "$pid" 2>/dev/null
-	fi
-	wait "$pid" 2>/dev/null
-	return 0
-}
-
 ctr_() { "$CTRD_DIR/bin/ctr" -a "$WORK/containerd/containerd.sock" -n k8s.io "$@"; }
 
 no_pod_containers() {
@@ -320,26 +148,6 @@ remove_all_containers() {
 	for id in $(ctr_ containers ls -q 2>/dev/null); do
 		ctr_ containers rm "$id" >/dev/null 2>&1
 	done
-}
-
-# kill_shims: shims our containerd started outlive it; they carry our socket
-# path on their command line.
-kill_shims() {
-	local p
-	for p in /proc/[0-9]*; do
-		[[ -r $p/cmdline ]] || continue
-		if [[ $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) == *containerd-shim-runc-v2*"$WORK/containerd/containerd.sock"* ]]; then
-			kill -KILL "${p#/proc/}" 2>/dev/null
-		fi
-	done
-}
-
-unmount_under() {
-	local m
-	# Deepest first.
-	while read -r m; do
-		umount -l "$m" 2>/dev/null || true
-	done < <(awk -v p="$1" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r)
 }
 
 # ---------------------------------------------------------------------------
@@ -803,8 +611,8 @@ s5_nri() {
 # ---------------------------------------------------------------------------
 
 main() {
-	ensure_packages
-	build_kubelet
+	ensure_packages runc busybox-static curl jq
+	build_kube kubelet
 	build_containerd
 	build_images
 

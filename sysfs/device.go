@@ -103,7 +103,10 @@ type Host struct {
 	Warnings []Warning // anomalies skipped during the scan, each naming its device
 	// RDMACM is true when /dev/infiniband/rdma_cm exists (rdma_ucm loaded).
 	RDMACM bool
-	byAddr map[Address]*Device
+	// VhostNetNode and TunNode are true when /dev/vhost-net and
+	// /dev/net/tun exist.
+	VhostNetNode, TunNode bool
+	byAddr                map[Address]*Device
 }
 
 // Device returns the function at a, or nil.

@@ -64,6 +64,17 @@ func TestScanRDMA(t *testing.T) {
 	if !h.RDMACM {
 		t.Error("RDMACM = false, want true: /dev/infiniband/rdma_cm exists")
 	}
+	if h.VhostNetNode || h.TunNode {
+		t.Errorf("VhostNetNode, TunNode = %v, %v; the fixture has neither", h.VhostNetNode, h.TunNode)
+	}
+	for _, n := range []string{"vhost-net", "net/tun"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(b.Dev(), n)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(b.Dev(), n), nil, 0o666); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// The fixture mirrors the kernel: the class links lead back to the
 	// function, and dev holds the numbers.
@@ -81,8 +92,8 @@ func TestScanRDMA(t *testing.T) {
 	if err := os.Remove(filepath.Join(b.Dev(), "infiniband", "rdma_cm")); err != nil {
 		t.Fatal(err)
 	}
-	if h := sysfs.Refresh(root, h, []sysfs.Address{"0000:3b:00.2"}); h.RDMACM {
-		t.Error("after removing rdma_cm: RDMACM = true")
+	if h := sysfs.Refresh(root, h, []sysfs.Address{"0000:3b:00.2"}); h.RDMACM || !h.VhostNetNode || !h.TunNode {
+		t.Errorf("after removing rdma_cm and adding vhost-net and tun: RDMACM, VhostNetNode, TunNode = %v, %v, %v", h.RDMACM, h.VhostNetNode, h.TunNode)
 	}
 }
 

@@ -201,8 +201,17 @@ type scanner struct {
 	rdmaNodes   map[string]bool // names under /dev/infiniband
 }
 
-// finish sets what the scan read once for the whole host.
-func (s *scanner) finish(h *Host) { h.RDMACM = s.rdmaNodes[RDMACMNode] }
+// finish sets what the scan reads once for the whole host.
+func (s *scanner) finish(h *Host) {
+	h.RDMACM = s.rdmaNodes[RDMACMNode]
+	h.VhostNetNode = exists(filepath.Join(s.root.Dev, "vhost-net"))
+	h.TunNode = exists(filepath.Join(s.root.Dev, "net", "tun"))
+}
+
+func exists(path string) bool {
+	var st unix.Stat_t
+	return unix.Lstat(path, &st) == nil
+}
 
 // readDevice reads one function. It returns nil and a warning when the
 // function cannot be identified (vanished, or no vendor/device).

@@ -96,6 +96,17 @@ type Pool struct {
 	// Kata plugs every /dev/vfio node it sees, so a group node plus its
 	// iommufd node would be plugged twice.
 	IOMMUFD bool `json:"iommufd,omitempty"`
+	// VhostNet also injects /dev/vhost-net and /dev/net/tun with every
+	// device (the SR-IOV network device plugin's needVhostNet): for
+	// virtio-net backends in the pod, and DPDK's virtio-user exception path
+	// next to a vfio VF. Host services, not the function: any mode.
+	VhostNet bool `json:"vhostNet,omitempty"`
+	// RDMA also injects each function's RDMA character devices
+	// (/dev/infiniband/uverbsN, umadN, issmN, and rdma_cm where the host
+	// has it) and reports the RDMA device (the SR-IOV network device
+	// plugin's isRdma). Functions without an RDMA device stay out of the
+	// pool. Kernel pools only.
+	RDMA bool `json:"rdma,omitempty"`
 	// Selectors: a device belongs to the pool when it matches any one of
 	// them. Written as one object or a list of objects.
 	Selectors SelectorList `json:"selectors"`
@@ -317,6 +328,13 @@ func (c *Config) Validate() error {
 			}
 			if p.IOMMUFD {
 				bad("%s.iommufd: only vfio pools have iommufd nodes (remove it or set mode: vfio)", at)
+			}
+		}
+		if p.Mode == ModeVFIO && p.RDMA {
+			if c.Legacy {
+				bad("%s.selectors[*].isRdma: the selectors pick only vfio-pci-bound functions, which have no RDMA device (vfio-pci is not an RDMA driver), so there is nothing to inject; remove isRdma or select the functions on their kernel driver", at)
+			} else {
+				bad("%s.rdma: a vfio pool takes its functions from their RDMA driver (vfio-pci has none), so there is no RDMA device to inject; use rdma in a kernel pool (mode: kernel)", at)
 			}
 		}
 		if p.Mode == ModeVFIO {

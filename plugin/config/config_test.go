@@ -146,8 +146,10 @@ func TestParseLegacy(t *testing.T) {
 func TestParseLegacyRefusals(t *testing.T) {
 	in := `{"resourceList": [
   {"resourceName": "a", "deviceType": "auxNetDevice", "selectors": {"auxTypes": ["sf"]}},
-  {"resourceName": "b", "excludeTopology": true, "selectors": {"vendors": ["15b3"], "isRdma": true, "needVhostNet": true}},
-  {"resourceName": "c", "selectors": {"vendors": ["8086"], "bogus": 1}}
+  {"resourceName": "b", "excludeTopology": true, "selectors": {"vendors": ["15b3"], "vdpaType": "vhost"}},
+  {"resourceName": "c", "selectors": {"vendors": ["8086"], "bogus": 1}},
+  {"resourceName": "d", "isRdma": true, "needVhostNet": true, "selectors": {"vendors": ["15b3"]}},
+  {"resourceName": "e", "selectors": [{"vendors": ["15b3"], "isRdma": true}, {"vendors": ["8086"], "needVhostNet": true}]}
 ]}`
 	_, err := Parse("legacy.json", []byte(in))
 	if err == nil {
@@ -157,13 +159,74 @@ func TestParseLegacyRefusals(t *testing.T) {
 		`resourceList[0] ("a").deviceType: auxiliary network devices`,
 		`resourceList[0] ("a").selectors[0].auxTypes: cannot be mapped`,
 		`resourceList[1] ("b").excludeTopology: not supported`,
-		`resourceList[1] ("b").selectors[0].isRdma: cannot be mapped: RDMA`,
-		`resourceList[1] ("b").selectors[0].needVhostNet: cannot be mapped`,
+		`resourceList[1] ("b").selectors[0].vdpaType: cannot be mapped: vDPA`,
 		`resourceList[2] ("c").selectors[0]: unknown field "bogus"`,
+		`resourceList[3] ("d").isRdma: belongs in selectors`,
+		`resourceList[3] ("d").needVhostNet: belongs in selectors`,
+		`resourceList[4] ("e").selectors: isRdma is set in 1 of 2 selectors`,
+		`resourceList[4] ("e").selectors: needVhostNet is set in 1 of 2 selectors`,
 	} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q:\n%v", w, err)
 		}
+	}
+}
+
+// TestParseLegacyRDMAVhostNet: isRdma and needVhostNet in every selector
+// map to the pool's rdma and vhostNet; isRdma on vfio-pci-bound functions
+// is refused (there is no RDMA device to inject).
+func TestParseLegacyRDMAVhostNet(t *testing.T) {
+	in := `{"resourceList": [
+  {"resourceName": "mlnx_rdma", "selectors": [{"vendors": ["15b3"], "isRdma": true}, {"pfNames": ["ens2f0"], "isRdma": true}]},
+  {"resourceName": "intel_vhost", "selectors": {"vendors": ["8086"], "drivers": ["iavf"], "needVhostNet": true}},
+  {"resourceName": "intel_dpdk_vhost", "selectors": {"drivers": ["vfio-pci"], "needVhostNet": true}},
+  {"resourceName": "both", "selectors": {"vendors": ["15b3"], "isRdma": true, "needVhostNet": true}}
+]}`
+	c, err := Parse("legacy.json", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		Name           string
+		Mode           Mode
+		RDMA, VhostNet bool
+	}
+	var got []row
+	for _, p := range c.Pools {
+		got = append(got, row{p.Name, p.Mode, p.RDMA, p.VhostNet})
+	}
+	want := []row{
+		{"mlnx_rdma", ModeKernel, true, false},
+		{"intel_vhost", ModeKernel, false, true},
+		{"intel_dpdk_vhost", ModeVFIO, false, true},
+		{"both", ModeKernel, true, true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("pools (-want +got)\n%s", diff)
+	}
+
+	_, err = Parse("legacy.json", []byte(`{"resourceList": [{"resourceName": "f", "selectors": {"drivers": ["vfio-pci"], "isRdma": true}}]}`))
+	if err == nil || !strings.Contains(err.Error(), `resourceList[0] ("f").selectors[*].isRdma: the selectors pick only vfio-pci-bound functions, which have no RDMA device`) {
+		t.Errorf("isRdma on vfio-pci functions: err = %v", err)
+	}
+}
+
+// TestParseRDMAVhostNet: our rdma and vhostNet fields; rdma is refused in a
+// vfio pool, vhostNet is not (DPDK's virtio-user exception path).
+func TestParseRDMAVhostNet(t *testing.T) {
+	c, err := Parse("c.yaml", []byte(`pools:
+  - {name: roce, rdma: true, vhostNet: true, selectors: {vendors: ["15b3"]}}
+  - {name: dpdk, mode: vfio, vhostNet: true, selectors: {vendors: ["8086"]}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Pools[0]; !p.RDMA || !p.VhostNet || c.Pools[1].RDMA || !c.Pools[1].VhostNet {
+		t.Errorf("pools = %+v", c.Pools)
+	}
+	_, err = Parse("c.yaml", []byte(`pools: [{name: v, mode: vfio, rdma: true, selectors: {vendors: ["15b3"]}}]`))
+	if err == nil || !strings.Contains(err.Error(), `pools[0] ("v").rdma: a vfio pool takes its functions from their RDMA driver`) {
+		t.Errorf("rdma in a vfio pool: err = %v", err)
 	}
 }
 

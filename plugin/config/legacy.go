@@ -25,6 +25,10 @@ type legacyResource struct {
 	ExcludeTopology bool            `json:"excludeTopology"`
 	Selectors       json.RawMessage `json:"selectors"`
 	AdditionalInfo  json.RawMessage `json:"additionalInfo"`
+	// At this level the SR-IOV network device plugin ignores them (it
+	// reads them in selectors); refused so nobody believes they work.
+	IsRdma       json.RawMessage `json:"isRdma"`
+	NeedVhostNet json.RawMessage `json:"needVhostNet"`
 }
 
 // legacySelector is the union of the selectors the SR-IOV network device
@@ -77,6 +81,14 @@ func parseLegacy(source string, js []byte, doc *yamlv3.Node) (*Config, error) {
 		if len(r.AdditionalInfo) > 0 && !bytes.Equal(bytes.TrimSpace(r.AdditionalInfo), []byte("null")) {
 			bad("%s.additionalInfo: not supported (remove it)", at)
 		}
+		for _, misplaced := range []struct {
+			field string
+			raw   json.RawMessage
+		}{{"isRdma", r.IsRdma}, {"needVhostNet", r.NeedVhostNet}} {
+			if len(misplaced.raw) > 0 {
+				bad("%s.%s: belongs in selectors, where the SR-IOV network device plugin reads it (at the resource level it ignores the field); move it into every selector", at, misplaced.field)
+			}
+		}
 		sels, err := decodeLegacySelectors(r.Selectors)
 		if err != nil {
 			if more := diagnoseLegacySelectors(r.Selectors, doc, i, r.ResourceName); len(more) > 0 {
@@ -86,6 +98,7 @@ func parseLegacy(source string, js []byte, doc *yamlv3.Node) (*Config, error) {
 			}
 		}
 		allVFIO := len(sels) > 0
+		var rdma, vhost int // selectors that set isRdma, needVhostNet
 		for j, s := range sels {
 			sat := fmt.Sprintf("%s.selectors[%d]", at, j)
 			for _, unsupported := range []struct {
@@ -93,8 +106,6 @@ func parseLegacy(source string, js []byte, doc *yamlv3.Node) (*Config, error) {
 				set   bool
 				why   string
 			}{
-				{"isRdma", s.IsRdma, "RDMA devices are not injected yet"},
-				{"needVhostNet", s.NeedVhostNet, "vhost-net injection is not supported"},
 				{"vdpaType", s.VdpaType != "", "vDPA devices are not supported"},
 				{"ddpProfiles", len(s.DDPProfiles) > 0, "DDP profile selection is not supported"},
 				{"acpiIndexes", len(s.ACPIIndexes) > 0, "ACPI index selection is not supported"},
@@ -107,6 +118,12 @@ func parseLegacy(source string, js []byte, doc *yamlv3.Node) (*Config, error) {
 			if !slices.Equal(s.Drivers, []string{"vfio-pci"}) {
 				allVFIO = false
 			}
+			if s.IsRdma {
+				rdma++
+			}
+			if s.NeedVhostNet {
+				vhost++
+			}
 			p.Selectors = append(p.Selectors, Selector{
 				Vendors: s.Vendors, Devices: s.Devices, Drivers: s.Drivers, PCIAddresses: s.PCIAddresses,
 				PFNames: s.PFNames, RootDevices: s.RootDevices, LinkTypes: s.LinkTypes,
@@ -115,6 +132,21 @@ func parseLegacy(source string, js []byte, doc *yamlv3.Node) (*Config, error) {
 		p.Mode = ModeKernel
 		if allVFIO {
 			p.Mode = ModeVFIO
+		}
+		// Both are selector fields there but apply to a whole pool here: a
+		// pool cannot inject for the devices of one selector only.
+		for _, flag := range []struct {
+			field string
+			n     int
+			set   *bool
+		}{{"isRdma", rdma, &p.RDMA}, {"needVhostNet", vhost, &p.VhostNet}} {
+			switch flag.n {
+			case 0:
+			case len(sels):
+				*flag.set = true
+			default:
+				bad("%s.selectors: %s is set in %d of %d selectors; sriov-cdi applies it to the whole pool, so set it in every selector or split the resource in two", at, flag.field, flag.n, len(sels))
+			}
 		}
 		c.Pools = append(c.Pools, p)
 	}

@@ -24,9 +24,11 @@
 // It must not: bind drivers or write sysfs (package sysfs does), decide what
 // a pool hands out (package plugin/pool does), talk to kubelet, or write
 // anywhere but the spec directory it was given. Device node major/minor
-// numbers are never written into a spec: VFIO group and iommufd minors are
-// allocated dynamically when a device is bound, so pinned numbers could go
-// stale and grant a container the wrong device. The runtime reads them from
-// the host node when it injects the device (the CDI library lstat's any node
-// whose Type and Major are unset), and fails loudly if the node is missing.
+// numbers are not written into a spec: VFIO group, iommufd and RDMA minors
+// are allocated dynamically, so pinned numbers could go stale and grant a
+// container the wrong device. The runtime reads them from the host node
+// when it injects the device (the CDI library lstat's any node whose Type
+// and Major are unset), and fails loudly if the node is missing. The one
+// exception is /dev/vhost-net and /dev/net/tun when the host has no node:
+// their misc minors are fixed in the kernel, so they are pinned.
 package cdi

@@ -3,6 +3,7 @@ package cdi
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -25,6 +26,18 @@ const (
 	vfioContainer  = "/dev/vfio/vfio"
 	vfioDevicesDir = "/dev/vfio/devices"
 	iommuDevice    = "/dev/iommu"
+	vhostNetDevice = "/dev/vhost-net"
+	tunDevice      = "/dev/net/tun"
+	rdmaDir        = "/dev/infiniband"
+)
+
+// The static misc minors of vhost-net and tun (include/linux/miscdevice.h,
+// fixed for every kernel): pinned only when the host has no node, so the
+// container still gets one (opening it loads the module).
+const (
+	miscMajor     = 10
+	vhostNetMinor = 238
+	tunMinor      = 200
 )
 
 // SpecOption adjusts SpecFor.
@@ -50,8 +63,12 @@ func WithoutIOMMUFD() SpecOption { return func(o *specOptions) { o.noIOMMUFD = t
 // /dev/vfio/<group>, and, when the pool asks for iommufd, for each member
 // whose iommufd character device exists /dev/vfio/devices/vfioN plus
 // /dev/iommu.
-// kernel pools: env only (see DeviceEnv and NetdevEnv); RDMA and vhost
-// nodes are not added.
+// kernel pools: env (see DeviceEnv and NetdevEnv); with rdma, each device
+// adds its function's RDMA nodes (/dev/infiniband/uverbsN, umadN, issmN),
+// /dev/infiniband/rdma_cm where the host has it, and RDMAEnv.
+// Either mode, with vhostNet: each device adds /dev/vhost-net and
+// /dev/net/tun. These are per device, not spec-wide, so a device means the
+// same whatever else the container asks for, and Contents.Has sees them.
 //
 // Host paths are under root.Dev, so root must be the /dev the container
 // runtime sees (normally "/dev"). Node type and numbers are left for the
@@ -92,6 +109,17 @@ func SpecFor(p *pool.Pool, h *sysfs.Host, root sysfs.Root, opts ...SpecOption) (
 			if len(u.Netdevs) > 0 {
 				d.ContainerEdits.Env = append(d.ContainerEdits.Env, netPrefix+addrSuffix(u.ID)+"="+strings.Join(u.Netdevs, ","))
 			}
+			if p.Config != nil && p.Config.RDMA {
+				nodes, names := rdmaNodes(u, h, root)
+				d.ContainerEdits.DeviceNodes = append(d.ContainerEdits.DeviceNodes, nodes...)
+				if len(names) > 0 {
+					d.ContainerEdits.Env = append(d.ContainerEdits.Env, RDMAEnv(p.Resource, u.ID)+"="+strings.Join(names, ","))
+				}
+			}
+		}
+		if p.Config != nil && p.Config.VhostNet {
+			d.ContainerEdits.DeviceNodes = append(d.ContainerEdits.DeviceNodes,
+				miscNode(vhostNetDevice, root, h.VhostNetNode, vhostNetMinor), miscNode(tunDevice, root, h.TunNode, tunMinor))
 		}
 		spec.Devices = append(spec.Devices, d)
 	}
@@ -136,6 +164,36 @@ func vfioNodes(u *pool.Unit, h *sysfs.Host, root sysfs.Root, iommufd bool) []*cd
 		nodes = append(nodes, node(iommuDevice, root))
 	}
 	return nodes
+}
+
+// rdmaNodes lists the RDMA nodes of a kernel unit's functions, then
+// rdma_cm when the host has it (a unit without RDMA devices gets none, and
+// is unhealthy), and the RDMA device names.
+func rdmaNodes(u *pool.Unit, h *sysfs.Host, root sysfs.Root) ([]*cdispec.DeviceNode, []string) {
+	var nodes []*cdispec.DeviceNode
+	var names []string
+	for _, r := range u.RDMA {
+		names = append(names, r.Name)
+		for _, n := range r.Nodes {
+			nodes = append(nodes, node(rdmaDir+"/"+n, root))
+		}
+	}
+	if len(nodes) > 0 && h.RDMACM {
+		nodes = append(nodes, node(rdmaDir+"/"+sysfs.RDMACMNode, root))
+	}
+	return nodes, names
+}
+
+// miscNode is a node with a static misc minor: read from the host when it
+// has the node, else pinned (the numbers cannot go stale).
+func miscNode(p string, root sysfs.Root, onHost bool, minor int64) *cdispec.DeviceNode {
+	n := node(p, root)
+	if !onHost {
+		n.HostPath, n.Type, n.Major, n.Minor = "", "c", miscMajor, minor
+		mode := os.FileMode(0o666)
+		n.FileMode = &mode
+	}
+	return n
 }
 
 // node is a device node at container path p ("/dev/..."), taken from the
@@ -209,6 +267,16 @@ func DeviceEnv(resource string, id sysfs.Address) string {
 // start with PCIDEVICE_: Kata's agent would try to parse it as addresses.
 func NetdevEnv(resource string, id sysfs.Address) string {
 	return "SRIOV_CDI_NETDEV_" + envWord(resource) + "_" + addrSuffix(id)
+}
+
+// RDMAEnv is the per-device variable a CDI device of an rdma pool sets to
+// its RDMA device names (comma-separated, e.g. "mlx5_2"), the name
+// libibverbs users select (ibv_get_device_list) and the SR-IOV network
+// device plugin reports as rdma_dev: "SRIOV_CDI_RDMA_" + resource and
+// address as in NetdevEnv. Not PCIDEVICE_*: Kata's agent would parse it
+// as addresses.
+func RDMAEnv(resource string, id sysfs.Address) string {
+	return "SRIOV_CDI_RDMA_" + envWord(resource) + "_" + addrSuffix(id)
 }
 
 // AllocateEnv returns the variables a device plugin's Allocate response

@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -248,7 +249,7 @@ func (s *poolServer) allocate(ctx context.Context, p *pool.Pool, cfg *config.Poo
 	}
 	if s.devinfo != nil {
 		// Auxiliary for Multus: a failure is logged, not fatal.
-		if err := s.devinfo.Write(s.resource, all); err != nil {
+		if err := s.devinfo.Write(s.resource, all, deviceinfo.Options{RDMA: cfg.RDMA && cfg.Mode == config.ModeKernel, VhostNet: cfg.VhostNet}); err != nil {
 			s.log.Warn("device-info files not written", zap.Strings("devices", unitIDs(all)), zap.Error(err))
 		}
 	}
@@ -327,6 +328,17 @@ func containerResponse(resource string, cfg *config.Pool, units []pool.Unit, dev
 			r.Devices = append(r.Devices, &pluginapi.DeviceSpec{ContainerPath: "/dev/vfio/" + g, HostPath: devRoot + "/vfio/" + g, Permissions: "rw"})
 		}
 	}
+	if cfg.Mode == config.ModeKernel && cfg.RDMA {
+		// The CDI devices set the same variables; here for runtimes without CDI.
+		for _, u := range units {
+			if len(u.RDMA) > 0 {
+				r.Envs[cdi.RDMAEnv(resource, u.ID)] = rdmaNames(u.RDMA)
+			}
+		}
+	}
+	if cfg.DeviceNodes {
+		r.Devices = append(r.Devices, extraDeviceSpecs(cfg, units, devRoot)...)
+	}
 	if cfg.CDIAnnotations {
 		key, value, err := cdiAnnotation(cfg.Name, idx, units, cdiNames)
 		if err != nil {
@@ -335,6 +347,44 @@ func containerResponse(resource string, cfg *config.Pool, units []pool.Unit, dev
 		r.Annotations = map[string]string{key: value}
 	}
 	return r, nil
+}
+
+// extraDeviceSpecs are the RDMA (kernel pools) and vhost-net nodes of
+// units as plain device specs, the same nodes their CDI devices add, for
+// runtimes without CDI; each node once. rdma_cm goes with RDMA devices when
+// the host has it.
+func extraDeviceSpecs(cfg *config.Pool, units []pool.Unit, devRoot string) []*pluginapi.DeviceSpec {
+	var out []*pluginapi.DeviceSpec
+	add := func(p string) {
+		out = append(out, &pluginapi.DeviceSpec{ContainerPath: "/dev/" + p, HostPath: devRoot + "/" + p, Permissions: "rw"})
+	}
+	if cfg.Mode == config.ModeKernel && cfg.RDMA {
+		found := false
+		for _, u := range units {
+			for _, r := range u.RDMA {
+				for _, n := range r.Nodes {
+					add(sysfs.RDMADevDir + "/" + n)
+					found = true
+				}
+			}
+		}
+		if _, err := os.Stat(devRoot + "/" + sysfs.RDMADevDir + "/" + sysfs.RDMACMNode); found && err == nil {
+			add(sysfs.RDMADevDir + "/" + sysfs.RDMACMNode)
+		}
+	}
+	if cfg.VhostNet && len(units) > 0 {
+		add("vhost-net")
+		add("net/tun")
+	}
+	return out
+}
+
+func rdmaNames(rs []sysfs.RDMADevice) string {
+	names := make([]string, len(rs))
+	for i, r := range rs {
+		names[i] = r.Name
+	}
+	return strings.Join(names, ",")
 }
 
 // cdiAnnotation returns a cdi.k8s.io/* annotation unique per pool and

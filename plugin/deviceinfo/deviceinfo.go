@@ -33,17 +33,40 @@ type Info struct {
 
 // PCI is the "pci" member of Info.
 type PCI struct {
-	PCIAddress   string `json:"pci-address"`
+	PCIAddress string `json:"pci-address"`
+	// VhostNet is the vhost-net device path, set when the pod got it.
+	VhostNet string `json:"vhost-net,omitempty"`
+	// RDMADevice names the function's RDMA devices (comma-separated), set
+	// when the pod got their nodes; rdma-cni moves them into the pod's
+	// network namespace by this name.
+	RDMADevice   string `json:"rdma-device,omitempty"`
 	PFPCIAddress string `json:"pf-pci-address,omitempty"`
+}
+
+// Options says what the pool injects besides the function, as the SR-IOV
+// network device plugin reports it for isRdma and needVhostNet.
+type Options struct {
+	RDMA, VhostNet bool
 }
 
 // For returns the file content for a unit, and false when the unit is not a
 // network function (PCI class 02) and needs no file.
-func For(u pool.Unit) (Info, bool) {
+func For(u pool.Unit, o Options) (Info, bool) {
 	if !strings.HasPrefix(u.Class, "02") {
 		return Info{}, false
 	}
-	return Info{Type: "pci", Version: SpecVersion, PCI: &PCI{PCIAddress: string(u.ID), PFPCIAddress: string(u.PF)}}, true
+	pci := &PCI{PCIAddress: string(u.ID), PFPCIAddress: string(u.PF)}
+	if o.VhostNet {
+		pci.VhostNet = "/dev/vhost-net"
+	}
+	if o.RDMA {
+		names := make([]string, len(u.RDMA))
+		for i, r := range u.RDMA {
+			names[i] = r.Name
+		}
+		pci.RDMADevice = strings.Join(names, ",")
+	}
+	return Info{Type: "pci", Version: SpecVersion, PCI: pci}, true
 }
 
 // FileName is the spec's file name for a device of a resource.
@@ -56,12 +79,12 @@ type Writer struct{ Dir string }
 
 // Write writes the files of the units that are network functions,
 // atomically (temporary file and rename).
-func (w Writer) Write(resource string, units []pool.Unit) error {
+func (w Writer) Write(resource string, units []pool.Unit, o Options) error {
 	if err := os.MkdirAll(w.Dir, 0o755); err != nil {
 		return fmt.Errorf("create device-info directory: %w", err)
 	}
 	for _, u := range units {
-		info, ok := For(u)
+		info, ok := For(u, o)
 		if !ok {
 			continue
 		}

@@ -20,10 +20,10 @@ func TestWritePruneRemove(t *testing.T) {
 		{ID: "0000:3b:02.1", PF: "0000:3b:00.0", Class: "020000"},
 		{ID: "0000:01:00.1", PF: "0000:01:00.0", Class: "010802"}, // NVMe VF: no file
 	}
-	if err := w.Write("example.com/vf", units); err != nil {
+	if err := w.Write("example.com/vf", units, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Write("example.com/vf-other", units[:1]); err != nil {
+	if err := w.Write("example.com/vf-other", units[:1], Options{}); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(filepath.Join(w.Dir, "example.com-vf-0000:3b:02.0-device.json"))
@@ -47,6 +47,41 @@ func TestWritePruneRemove(t *testing.T) {
 	}
 }
 
+// TestForRDMAVhostNet: rdma-device and vhost-net as the device-info spec
+// 1.1.0 names them, only when the pool injects them.
+func TestForRDMAVhostNet(t *testing.T) {
+	u := pool.Unit{ID: "0000:3b:00.2", PF: "0000:3b:00.0", Class: "020000", RDMA: []sysfs.RDMADevice{{Name: "mlx5_2", Nodes: []string{"uverbs2"}}}}
+	tests := []struct {
+		o    Options
+		want PCI
+	}{
+		{Options{}, PCI{PCIAddress: "0000:3b:00.2", PFPCIAddress: "0000:3b:00.0"}},
+		{Options{RDMA: true}, PCI{PCIAddress: "0000:3b:00.2", RDMADevice: "mlx5_2", PFPCIAddress: "0000:3b:00.0"}},
+		{Options{VhostNet: true}, PCI{PCIAddress: "0000:3b:00.2", VhostNet: "/dev/vhost-net", PFPCIAddress: "0000:3b:00.0"}},
+	}
+	for _, tt := range tests {
+		info, ok := For(u, tt.o)
+		if !ok {
+			t.Fatalf("For(%+v): no file", tt.o)
+		}
+		if diff := cmp.Diff(tt.want, *info.PCI); diff != "" {
+			t.Errorf("For(%+v) (-want +got)\n%s", tt.o, diff)
+		}
+	}
+	w := Writer{Dir: t.TempDir()}
+	if err := w.Write("example.com/roce", []pool.Unit{u}, Options{RDMA: true, VhostNet: true}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(w.Dir, FileName("example.com/roce", u.ID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"type":"pci","version":"1.1.0","pci":{"pci-address":"0000:3b:00.2","vhost-net":"/dev/vhost-net","rdma-device":"mlx5_2","pf-pci-address":"0000:3b:00.0"}}`
+	if diff := cmp.Diff(want, string(b)); diff != "" {
+		t.Errorf("file (-want +got)\n%s", diff)
+	}
+}
+
 func files(t *testing.T, dir string) []string {
 	t.Helper()
 	es, err := os.ReadDir(dir)
@@ -64,7 +99,7 @@ func files(t *testing.T, dir string) []string {
 func TestRewriteOfSameContentDoesNotWrite(t *testing.T) {
 	w := Writer{Dir: t.TempDir()}
 	u := []pool.Unit{{ID: "0000:3b:02.0", PF: "0000:3b:00.0", Class: "020000"}}
-	if err := w.Write("example.com/vf", u); err != nil {
+	if err := w.Write("example.com/vf", u, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	p := filepath.Join(w.Dir, FileName("example.com/vf", "0000:3b:02.0"))
@@ -72,7 +107,7 @@ func TestRewriteOfSameContentDoesNotWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Write("example.com/vf", u); err != nil {
+	if err := w.Write("example.com/vf", u, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	after, err := os.Stat(p)
@@ -83,7 +118,7 @@ func TestRewriteOfSameContentDoesNotWrite(t *testing.T) {
 		t.Error("unchanged content was written again")
 	}
 	u[0].PF = "0000:3b:00.1" // changed content is written
-	if err := w.Write("example.com/vf", u); err != nil {
+	if err := w.Write("example.com/vf", u, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(p); !strings.Contains(string(b), "0000:3b:00.1") {

@@ -25,7 +25,9 @@ type Unit struct {
 	Driver   string          `json:"driver"`
 	Class    string          `json:"class"`
 	Netdevs  []string        `json:"netdevs,omitempty"`
-	Healthy  bool            `json:"healthy"`
+	// RDMA are the function's RDMA devices (kernel pools).
+	RDMA    []sysfs.RDMADevice `json:"rdma,omitempty"`
+	Healthy bool               `json:"healthy"`
 	// Reason says why the unit is unhealthy.
 	Reason string `json:"reason,omitempty"`
 }
@@ -205,6 +207,9 @@ func buildKernel(plan *Plan, p *Pool, devs []*sysfs.Device, h *sysfs.Host, wasUp
 		}
 		u := newUnit(d, []sysfs.Address{d.Address})
 		u.Healthy, u.Reason = kernelHealth(d, h, wasUp)
+		if u.Healthy && p.Config != nil && p.Config.RDMA {
+			u.Healthy, u.Reason = rdmaHealth(d)
+		}
 		p.Units = append(p.Units, u)
 	}
 }
@@ -277,6 +282,7 @@ func newUnit(d *sysfs.Device, members []sysfs.Address) Unit {
 	for _, n := range d.Netdevs {
 		u.Netdevs = append(u.Netdevs, n.Name)
 	}
+	u.RDMA = d.RDMA
 	return u
 }
 
@@ -316,6 +322,21 @@ func kernelHealth(d *sysfs.Device, h *sysfs.Host, wasUp LinkHistory) (bool, stri
 					return false, fmt.Sprintf("PF %s link %s is %s", pf.Address, n.Name, n.OperState)
 				}
 			}
+		}
+	}
+	return true, ""
+}
+
+// rdmaHealth: a function of an rdma pool has an RDMA device whose nodes
+// exist, or a container asking for it would get no RDMA device or fail to
+// start (the runtime reads each node from the host).
+func rdmaHealth(d *sysfs.Device) (bool, string) {
+	if len(d.RDMA) == 0 {
+		return false, "no RDMA device on the function (load its RDMA driver, e.g. mlx5_ib; a device rdma-cni moved into a pod's network namespace is not seen either)"
+	}
+	for _, r := range d.RDMA {
+		if len(r.Missing) > 0 {
+			return false, fmt.Sprintf("RDMA device %s: /dev/infiniband/%s missing on the host (is ib_uverbs/ib_umad loaded, and /dev the host's?)", r.Name, strings.Join(r.Missing, ", /dev/infiniband/"))
 		}
 	}
 	return true, ""

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -169,6 +170,45 @@ func TestBuildKernelHealth(t *testing.T) {
 	}
 	if got := plan.Pool("k").Unit("0000:3b:02.0").Reason; got != "PF 0000:3b:00.0 link ens1f0 is down" {
 		t.Errorf("reason = %q", got)
+	}
+}
+
+// TestBuildRDMAHealth: in an rdma pool a function without an RDMA device,
+// or whose RDMA nodes are missing under /dev, is unhealthy with the
+// reason; one with its nodes is healthy and its unit carries them.
+func TestBuildRDMAHealth(t *testing.T) {
+	c := mustConfig(t, `pools: [{name: roce, rdma: true, selectors: {devices: ["154c"], drivers: ["iavf"]}}]`)
+	h := testHost()
+	h.Device("0000:3b:02.0").RDMA = []sysfs.RDMADevice{{Name: "irdma0", Nodes: []string{"uverbs0"}}}
+	h.Device("0000:3b:02.1").RDMA = []sysfs.RDMADevice{{Name: "irdma1", Nodes: []string{"uverbs1"}, Missing: []string{"uverbs1"}}}
+	h.Device("0000:3b:00.0").Netdevs[0].HostUse = ""
+	plan := Build(c, h)
+	type row struct {
+		ID      sysfs.Address
+		Healthy bool
+		Reason  string
+		RDMA    []sysfs.RDMADevice
+	}
+	var got []row
+	for _, u := range plan.Pool("roce").Units {
+		got = append(got, row{u.ID, u.Healthy, u.Reason, u.RDMA})
+	}
+	want := []row{
+		{"0000:3b:02.0", true, "", []sysfs.RDMADevice{{Name: "irdma0", Nodes: []string{"uverbs0"}}}},
+		{"0000:3b:02.1", false, "RDMA device irdma1: /dev/infiniband/uverbs1 missing on the host (is ib_uverbs/ib_umad loaded, and /dev the host's?)",
+			[]sysfs.RDMADevice{{Name: "irdma1", Nodes: []string{"uverbs1"}, Missing: []string{"uverbs1"}}}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("units (-want +got)\n%s", diff)
+	}
+	h.Device("0000:3b:02.0").RDMA = nil
+	if u := Build(c, h).Pool("roce").Unit("0000:3b:02.0"); u.Healthy || !strings.HasPrefix(u.Reason, "no RDMA device on the function") {
+		t.Errorf("without an RDMA device: healthy %v, reason %q", u.Healthy, u.Reason)
+	}
+	// Without rdma the same function is healthy.
+	c = mustConfig(t, `pools: [{name: k, selectors: {devices: ["154c"], drivers: ["iavf"]}}]`)
+	if u := Build(c, h).Pool("k").Unit("0000:3b:02.0"); !u.Healthy {
+		t.Errorf("kernel pool without rdma: unhealthy: %s", u.Reason)
 	}
 }
 

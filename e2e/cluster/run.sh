@@ -817,7 +817,7 @@ s6_uninstall() {
 	# Reported apart: the plugin keeps its CDI specs when it stops (deployments/README.md,
 	# "Uninstall"); issue 12 wants them gone after an uninstall.
 	if [[ -n $cdi_left ]]; then
-		result FAIL s6-uninstall-cdi-specs "CDI specs left in $CDI_DIR after helm uninstall: $cdi_left (the plugin does not remove its specs when it stops)"
+		fail s6-uninstall-cdi-specs "CDI specs left in $CDI_DIR after helm uninstall: $cdi_left (the plugin does not remove its specs when it stops)"
 	else
 		result PASS s6-uninstall-cdi-specs "no CDI spec of ours left in $CDI_DIR"
 	fi

@@ -40,6 +40,7 @@ PREFIX=sriov-cdi.io
 KPOOL=nvme # kernel pool: 0000:02:00.1, 0000:02:00.2 (nvme driver)
 KDEVS=(0000:02:00.1 0000:02:00.2)
 VPOOL=vf # vfio pool: 0000:01:00.2 (group 8, vfio-pci); grown in s2
+MPOOL=misc # kernel pool from s2 on: 0000:00:03.0 (virtio-pci); 00:1f.2, 00:1f.3 have no driver: unhealthy
 ETCD_PORT=23790
 APISERVER_PORT=6443
 DP_DIR=/var/lib/kubelet/device-plugins # fixed in kubelet, the chart's default
@@ -410,6 +411,10 @@ pools:
     mode: vfio
     selectors:
       pciAddresses: ["0000:01:00.4"]
+  - name: $MPOOL
+    mode: kernel
+    selectors:
+      pciAddresses: ["0000:00:03.0", "0000:00:1f.2", "0000:00:1f.3"]
 EOF
 }
 
@@ -536,6 +541,7 @@ fail_setup() {
 
 KRES=$PREFIX/$KPOOL
 VRES=$PREFIX/$VPOOL
+MRES=$PREFIX/$MPOOL
 KENV=$(env_suffix "$KRES")
 
 # s1: install as a user does -> DaemonSet Ready -> allocatable -> a pod with a device.
@@ -596,8 +602,8 @@ s2_upgrade_pools() {
 		return
 	fi
 	if ! wait_for 150 "allocatable to follow the new pools" allocatable_is "$VRES" 2 ||
-		! wait_for 10 "new pool" allocatable_is "$VRES-spare" 1; then
-		fail $n "after helm upgrade: allocatable $VRES=$(allocatable "$VRES") $VRES-spare=$(allocatable "$VRES-spare"), want 2 and 1"
+		! wait_for 10 "new pool" allocatable_is "$VRES-spare" 1 || ! wait_for 10 "new pool" allocatable_is "$MRES" 1; then
+		fail $n "after helm upgrade: allocatable $VRES=$(allocatable "$VRES") $VRES-spare=$(allocatable "$VRES-spare") $MRES=$(allocatable "$MRES"), want 2, 1 and 1 (one healthy of three)"
 		return
 	fi
 	local took=$(($(date +%s) - t)) errs=()
@@ -608,7 +614,7 @@ s2_upgrade_pools() {
 	if ((${#errs[@]})); then
 		fail $n "$(IFS=';'; echo "${errs[*]}")"
 	else
-		result PASS $n "ConfigMap changed by helm upgrade; allocatable $VRES=2 $VRES-spare=1 after ${took}s, same plugin pod, no restart, pod s1 untouched"
+		result PASS $n "ConfigMap changed by helm upgrade; allocatable $VRES=2 $VRES-spare=1 $MRES=1 (two of its three functions have no driver: unhealthy) after ${took}s, same plugin pod, no restart, pod s1 untouched"
 	fi
 }
 
@@ -686,8 +692,8 @@ registered_again() {
 	[[ -n $v ]] && (($(printf '%.0f' "$v") > $(printf '%.0f' "$1")))
 }
 
-# s5: chaos. E2E_CHAOS_CYCLES (default 200) pod create/delete cycles on the kernel pool
-# (two devices, two pods at a time), with a kubelet restart or a plugin kill (SIGKILL of
+# s5: chaos. E2E_CHAOS_CYCLES (default 200) pod create/delete cycles on the kernel pools
+# (three healthy devices, three pods at a time), with a kubelet restart or a plugin kill (SIGKILL of
 # the plugin process: the container restarts) at random every few cycles. Checked: kubelet
 # never assigns a device twice (its checkpoint, what PodResources answers from), after
 # every restart allocatable equals the healthy devices within 10 s, and at the end no CDI
@@ -701,11 +707,14 @@ s5_chaos() {
 	k delete pod s1 s4 -n default --wait=true --timeout 60s >/dev/null 2>&1 || true
 	t=$(date +%s)
 	RANDOM=12 # the same sequence on every run
-	# Rounds of two cycles: the kernel pool has two devices, so two pods run at once.
-	for ((i = 1; i <= cycles; i += 2)); do
-		local a=chaos-$i b=chaos-$((i + 1)) p
+	# Rounds of three cycles: the kernel pools have three healthy devices (nvme: two,
+	# misc: one), so three pods run at once.
+	local prev=()
+	for ((i = 1; i <= cycles; i += 3)); do
+		local round=("chaos-$i" "chaos-$((i + 1))" "chaos-$((i + 2))") p
 		# The previous round's pods go (not waited for: the new ones wait for the devices).
-		((i <= 2)) || k delete pod "chaos-$((i - 2))" "chaos-$((i - 1))" -n default --wait=false >/dev/null 2>&1 || true
+		((${#prev[@]} == 0)) || k delete pod "${prev[@]}" -n default --wait=false >/dev/null 2>&1 || true
+		prev=("${round[@]}")
 		if ((RANDOM % 5 == 0)); then
 			if ((RANDOM % 2 == 0)); then
 				restart_kubelet
@@ -720,14 +729,15 @@ s5_chaos() {
 					errs+=("cycle $i: the plugin container did not restart")
 			fi
 			local t1=$SECONDS
-			if ! wait_for 120 "registration" allocatable_is "$KRES" 2; then
-				errs+=("cycle $i: allocatable $KRES=$(allocatable "$KRES") 120 s after the restart")
+			if ! wait_for 120 "registration" allocatable_all; then
+				errs+=("cycle $i: allocatable $KRES=$(allocatable "$KRES") $MRES=$(allocatable "$MRES") 120 s after the restart, want 2 and 1")
 				break
 			fi
 			((SECONDS - t1 <= 10)) || { slow=$((slow + 1)); log "cycle $i: allocatable back after $((SECONDS - t1))s"; }
 		fi
-		pod "$a" "$KRES=1" && pod "$b" "$KRES=1" || { errs+=("cycle $i: kubectl apply failed"); break; }
-		for p in "$a" "$b"; do
+		pod "${round[0]}" "$KRES=1" && pod "${round[1]}" "$KRES=1" && pod "${round[2]}" "$MRES=1" ||
+			{ errs+=("cycle $i: kubectl apply failed"); break; }
+		for p in "${round[@]}"; do
 			if wait_for 90 "pod $p to settle" pod_settled_k "$p"; then
 				if pod_running "$p"; then admitted=$((admitted + 1)); else refused=$((refused + 1)); fi
 			else
@@ -743,16 +753,18 @@ s5_chaos() {
 	((slow == 0)) || errs+=("allocatable took more than 10 s to come back after $slow of $((kills + restarts)) restarts")
 	local specs
 	specs=$(ours "$CDI_DIR"/sriov-cdi_* | wc -w)
-	((specs == 3)) || errs+=("$specs CDI spec files of ours, want 3 (one per pool)")
+	((specs == 4)) || errs+=("$specs CDI spec files of ours, want 4 (one per pool)")
 	local di
 	di=$(find "$DEVINFO_DIR" -type f 2>/dev/null | wc -l || true)
 	((di == 0)) || errs+=("$di device-info files left")
 	if ((${#errs[@]})); then
 		fail $n "$(IFS=';'; echo "${errs[*]:0:5}")"
 	else
-		result PASS $n "$cycles cycles in $(($(date +%s) - t))s: $admitted pods ran, $refused refused at admission, $restarts kubelet restarts, $kills plugin kills; no device assigned twice, allocatable back within 10 s every time, $specs CDI specs (one per pool), no device-info file"
+		result PASS $n "$((admitted + refused)) cycles (E2E_CHAOS_CYCLES=$cycles, rounds of three) in $(($(date +%s) - t))s: $admitted pods ran, $refused refused at admission, $restarts kubelet restarts, $kills plugin kills; no device assigned twice, allocatable back within 10 s every time, $specs CDI specs (one per pool), no device-info file"
 	fi
 }
+
+allocatable_all() { allocatable_is "$KRES" 2 && allocatable_is "$MRES" 1; }
 
 plugin_restarted() { # plugin_restarted COUNT: restartCount grew and the container runs
 	(($(plugin_pod_field '.status.containerStatuses[0].restartCount') > $1)) &&

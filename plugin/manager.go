@@ -17,7 +17,9 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"go.uber.org/zap"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
 	"github.com/sriov-cdi/sriov-cdi/plugin/config"
 	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
@@ -599,6 +601,7 @@ func (m *Manager) snapshotEndpoints() []*managed {
 }
 
 func (m *Manager) shutdown() {
+	m.retireFiles()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for res, e := range m.endpoints {
@@ -607,6 +610,58 @@ func (m *Manager) shutdown() {
 		delete(m.endpoints, res)
 	}
 	m.log.Info("stopped; every pool sent an empty list and removed its socket")
+}
+
+// retireFiles, on the way out (helm uninstall, a rolling update, a node
+// drain), leaves in the CDI specs and device-info files only the devices
+// kubelet still lists as assigned: a container of a running pod may
+// restart and needs its device's spec, nothing else does (a new pod needs
+// Allocate, hence a plugin, which writes them again). Without an answer
+// from kubelet it cannot tell, and leaves everything as it is.
+func (m *Manager) retireFiles() {
+	if m.opts.PodResources == nil || (m.opts.Specs == nil && m.opts.DeviceInfo == nil) {
+		return
+	}
+	m.planMu.Lock()
+	defer m.planMu.Unlock()
+	if m.plan == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	resp, err := m.opts.PodResources.List(ctx, &podresourcesv1.ListPodResourcesRequest{})
+	if err != nil {
+		m.log.Warn("stopping without an answer from kubelet's PodResources API; CDI specs and device-info files left as they are", zap.Error(err))
+		return
+	}
+	assigned := binding.AssignedDevices(resp)
+	kept := &pool.Plan{Pools: make([]pool.Pool, len(m.plan.Pools))}
+	keep := map[string]map[sysfs.Address]bool{}
+	n := 0
+	for i, p := range m.plan.Pools {
+		kp := p
+		kp.Units = nil
+		keep[p.Resource] = map[sysfs.Address]bool{}
+		for _, u := range p.Units {
+			if assigned[p.Resource][u.ID] {
+				kp.Units = append(kp.Units, u)
+				keep[p.Resource][u.ID] = true
+				n++
+			}
+		}
+		kept.Pools[i] = kp
+	}
+	if m.opts.Specs != nil {
+		if err := m.opts.Specs.Sync(kept, m.host); err != nil {
+			m.log.Warn("stopping: CDI specs not trimmed to the assigned devices", zap.Error(err))
+		}
+	}
+	if m.opts.DeviceInfo != nil {
+		if err := m.opts.DeviceInfo.Prune(keep); err != nil {
+			m.log.Warn("stopping: device-info files not trimmed to the assigned devices", zap.Error(err))
+		}
+	}
+	m.log.Info("stopping: CDI specs and device-info files kept only for devices kubelet lists as assigned", zap.Int("devices", n))
 }
 
 // bindStartupPools binds the units of vfio pools with bindAt: startup that

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,12 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap/zaptest"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/sriov-cdi/sriov-cdi/cdi"
 	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
+	"github.com/sriov-cdi/sriov-cdi/plugin/kubelettest"
 	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
@@ -220,5 +223,61 @@ func TestVFLinkDownIsUnhealthy(t *testing.T) {
 		}
 		h.mgr.Trigger("test: link " + step.state)
 		waitList(t, stream, []string{"0000:01:00.1 " + step.health, "0000:01:00.2 Healthy"})
+	}
+}
+
+// TestExitKeepsOnlyAssignedSpecs (issue 12, cluster lab s6): when the
+// plugin stops (helm uninstall or a rolling update) its CDI specs keep only
+// the devices kubelet still lists as assigned — a restarting container of a
+// running pod still finds its device — and a pool with none loses its
+// file. Without an answer from kubelet the specs stay as they are.
+func TestExitKeepsOnlyAssignedSpecs(t *testing.T) {
+	cfg := "resourcePrefix: example.com\npools:\n  - {name: a, selectors: {rootDevices: [\"0000:01:00.0\"]}}\n  - {name: b, selectors: {rootDevices: [\"0000:02:00.0\"]}}\n"
+	for _, tc := range []struct {
+		name   string
+		answer []kubelettest.Answer
+		wantA  []string // devices left in a's spec; nil: file gone
+		wantB  []string
+	}{
+		{"one device assigned", nil, []string{"0000:01:00.2"}, nil},
+		{"kubelet does not answer", []kubelettest.Answer{{Err: errors.New("connection refused")}}, []string{"0000:01:00.1", "0000:01:00.2"}, []string{"0000:02:00.1", "0000:02:00.2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log := zaptest.NewLogger(t)
+			kl := kubelettest.New()
+			kl.SetPod("p", kubelettest.Device{Resource: "example.com/a", IDs: []string{"0000:01:00.2"}})
+			kl.Script(tc.answer...)
+			var cdiDir string
+			h := startHarness(t, 2, 2, cfg, nil, log, func(dir string, o *Options) {
+				cdiDir = filepath.Join(dir, "cdi")
+				w, err := cdi.NewWriter(cdiDir, log)
+				if err != nil {
+					t.Fatal(err)
+				}
+				o.Specs = cdi.PlanSyncer{W: w, Root: o.Root}
+				o.PodResources = kl
+			})
+			h.registrations(t, 2)
+			h.stop()
+			devices := func(kind string) []string {
+				cache, err := cdilib.NewCache(cdilib.WithSpecDirs(cdiDir), cdilib.WithAutoRefresh(false))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var out []string
+				for _, d := range cache.ListDevices() {
+					if name, ok := strings.CutPrefix(d, kind+"="); ok {
+						out = append(out, name)
+					}
+				}
+				return out
+			}
+			if diff := cmp.Diff(tc.wantA, devices("example.com/a")); diff != "" {
+				t.Errorf("pool a's spec after exit (-want +got)\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.wantB, devices("example.com/b")); diff != "" {
+				t.Errorf("pool b's spec after exit (-want +got)\n%s", diff)
+			}
+		})
 	}
 }

@@ -82,9 +82,11 @@ func pluginCommand() *ucli.Command {
 			if dir := cmd.String("device-info-dir"); dir != "" {
 				opts.DeviceInfo = &deviceinfo.Writer{Dir: dir}
 			}
-			if err := wirePlugin(ctx, cmd, &opts, log); err != nil {
+			closeWiring, err := wirePlugin(ctx, cmd, &opts, log)
+			if err != nil {
 				return err
 			}
+			defer closeWiring() // after Run: its shutdown still asks PodResources
 			m, err := plugin.NewManager(opts)
 			if err != nil {
 				return err
@@ -119,11 +121,13 @@ func pluginCommand() *ucli.Command {
 var _ plugin.SpecSyncer = cdi.PlanSyncer{}
 
 // wirePlugin connects the CDI spec writer, the vfio binder and the
-// release watcher to the plugin.
-func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, log *zap.Logger) error {
+// release watcher to the plugin. The returned func closes what it opened
+// (the PodResources connection); call it after the plugin stopped, whose
+// shutdown still asks kubelet which devices are assigned.
+func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, log *zap.Logger) (func(), error) {
 	w, err := cdi.NewWriter(cmd.String("cdi-dir"), log.Named("cdi"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	opts.Specs = cdi.PlanSyncer{W: w, Root: opts.Root}
 
@@ -147,7 +151,7 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 	}
 	bm, err := binding.NewManager(opts.Root, cmd.String("state-file"), log.Named("binding"), bopts...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	opts.Prepare = binding.ForAllocate{M: bm}
 	opts.Holdings = binding.NewHoldings(cmd.String("state-file"))
@@ -155,7 +159,7 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 	if sock := cmd.String("pod-resources-socket"); sock != "" {
 		conn, err := binding.DialPodResources(sock)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		opts.PodResources = podresourcesv1.NewPodResourcesListerClient(conn)
 		rt := opts.Release
@@ -163,11 +167,11 @@ func wirePlugin(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, lo
 			binding.WithPodResourcesSocket(sock), binding.WithReleaseRule(rt.Rule))
 		opts.OnRegistered = rw.KubeletRestarted // kubelet (re)started: its first answers may be incomplete
 		go func() {
-			defer conn.Close()
 			if err := rw.Run(ctx); err != nil && ctx.Err() == nil {
 				log.Error("release watcher stopped; released devices stay bound", zap.Error(err))
 			}
 		}()
+		return func() { _ = conn.Close() }, nil
 	}
-	return nil
+	return func() {}, nil
 }

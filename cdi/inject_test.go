@@ -69,7 +69,13 @@ func testCache(t testing.TB) *cdilib.Cache {
 			}
 		}
 	}
-	dir := t.TempDir()
+	return cacheOf(t, t.TempDir(), specs)
+}
+
+// cacheOf writes specs into dir with our writer and returns the CDI
+// library's cache over them, failing on any spec the library rejects.
+func cacheOf(t testing.TB, dir string, specs []*cdispec.Spec) *cdilib.Cache {
+	t.Helper()
 	w, err := NewWriter(dir, nil)
 	if err != nil {
 		t.Fatal(err)

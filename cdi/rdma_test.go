@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
-	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/sriov-cdi/sriov-cdi/plugin/config"
@@ -142,18 +141,7 @@ func TestInjectRDMAVhostNet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	w, err := NewWriter(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Sync(specs); err != nil {
-		t.Fatal(err)
-	}
-	cache, _ := cdilib.NewCache(cdilib.WithSpecDirs(dir), cdilib.WithAutoRefresh(false))
-	if errs := cache.GetErrors(); len(errs) > 0 {
-		t.Fatalf("cache errors: %v", errs)
-	}
+	cache := cacheOf(t, t.TempDir(), specs)
 	oci := baseSpec(nil)
 	if _, err := cache.InjectDevices(oci, "sriov-cdi.io/roce=0000:3b:00.2", "sriov-cdi.io/net=0000:5e:00.1"); err != nil {
 		t.Fatal(err)

@@ -268,18 +268,7 @@ func TestSampleSpecsRoundTrip(t *testing.T) {
 	}
 	realNodes := makeNodes(t, specs)
 
-	specDir := filepath.Join(dir, "cdi")
-	w, err := NewWriter(specDir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Sync(specs); err != nil {
-		t.Fatal(err)
-	}
-	cache, _ := cdilib.NewCache(cdilib.WithSpecDirs(specDir), cdilib.WithAutoRefresh(false))
-	if errs := cache.GetErrors(); len(errs) != 0 {
-		t.Fatalf("cache errors: %v", errs)
-	}
+	cache := cacheOf(t, filepath.Join(dir, "cdi"), specs)
 	wantDevices := []string{
 		"sriov-cdi.io/nvme-vf-kernel=0000:02:00.1", "sriov-cdi.io/nvme-vf-kernel=0000:02:00.2",
 		"sriov-cdi.io/nvme-vf=0000:01:00.1", "sriov-cdi.io/nvme-vf=0000:01:00.2", "sriov-cdi.io/nvme-vf=0000:01:00.3", "sriov-cdi.io/nvme-vf=0000:01:00.4",

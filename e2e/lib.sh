@@ -214,3 +214,54 @@ unmount_under() { # unmount_under DIR: every mount below DIR, deepest first
 		umount -l "$m" 2>/dev/null || true
 	done < <(awk -v p="$1" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r)
 }
+
+# containerd_config DIR CNI_BIN CNI_CONF [RUNC_EXTRA [TAIL]]: DIR/config.toml for
+# containerd 2.4 (its native version 4; CDI is always on in 2.x) with root, state
+# and sockets under DIR, CDI specs from $CDI_DIR, the pinned $PAUSE_IMAGE, runc
+# with cgroupfs. RUNC_EXTRA goes into the runc runtime table, TAIL after it all.
+containerd_config() {
+	local c=$1 cni_bin=$2 cni_conf=$3 runc_extra=${4:-} tail=${5:-}
+	cat >"$c/config.toml" <<CONF
+version = 4
+root = "$c/root"
+state = "$c/state"
+imports = []
+
+[plugins.'io.containerd.server.v1.grpc']
+  address = "$c/containerd.sock"
+[plugins.'io.containerd.server.v1.ttrpc']
+  address = "$c/containerd.sock.ttrpc"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "$PAUSE_IMAGE"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  cdi_spec_dirs = ["$CDI_DIR"]
+  # This VM lacks CAP_SYS_RESOURCE: runc could not raise oom_score_adj.
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["$cni_bin"]
+    conf_dir = "$cni_conf"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+$runc_extra
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "$(command -v runc)"
+        SystemdCgroup = false
+$tail
+CONF
+}
+
+# run_containerd DIR: starts containerd from $CTRD_DIR on DIR/config.toml (log in
+# $WORK/logs/containerd.log, pid in CONTAINERD_PID) and waits for its socket.
+run_containerd() {
+	log "starting containerd"
+	PATH="$CTRD_DIR/bin:$PATH" "$CTRD_DIR/bin/containerd" --config "$1/config.toml" --log-level debug \
+		>"$WORK/logs/containerd.log" 2>&1 &
+	CONTAINERD_PID=$!
+	wait_for 30 "containerd socket" ctr_ version || fail_setup "containerd did not start"
+}

@@ -273,42 +273,8 @@ start_containerd() {
   ]
 }
 EOF
-	cat >"$c/config.toml" <<EOF
-version = 4
-root = "$c/root"
-state = "$c/state"
-imports = []
-
-[plugins.'io.containerd.server.v1.grpc']
-  address = "$c/containerd.sock"
-[plugins.'io.containerd.server.v1.ttrpc']
-  address = "$c/containerd.sock.ttrpc"
-
-[plugins.'io.containerd.cri.v1.images']
-  snapshotter = "overlayfs"
-  [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = "$PAUSE_IMAGE"
-
-[plugins.'io.containerd.cri.v1.runtime']
-  cdi_spec_dirs = ["$CDI_DIR"]
-  # This VM lacks CAP_SYS_RESOURCE: runc could not raise oom_score_adj.
-  restrict_oom_score_adj = true
-  [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ["/usr/lib/cni"]
-    conf_dir = "$WORK/cni/net.d"
-  [plugins.'io.containerd.cri.v1.runtime'.containerd]
-    default_runtime_name = "runc"
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-        BinaryName = "$(command -v runc)"
-        SystemdCgroup = false
-EOF
-	log "starting containerd"
-	PATH="$CTRD_DIR/bin:$PATH" "$CTRD_DIR/bin/containerd" --config "$c/config.toml" --log-level debug \
-		>"$WORK/logs/containerd.log" 2>&1 &
-	CONTAINERD_PID=$!
-	wait_for 30 "containerd socket" ctr_ version || fail_setup "containerd did not start"
+	containerd_config "$c" /usr/lib/cni "$WORK/cni/net.d"
+	run_containerd "$c"
 	local img
 	for img in "$IMG_DIR/busybox.tar" "$IMG_DIR/pause.tar" "$IMAGE_TAR"; do
 		ctr_ images import --platform linux/amd64 "$img" >/dev/null 2>"$WORK/logs/ctr-import.log" || fail_setup "ctr -n k8s.io images import $img"

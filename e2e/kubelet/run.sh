@@ -157,52 +157,16 @@ start_containerd() {
 	local c=$WORK/containerd
 	mkdir -p "$c/root" "$c/state" "$(dirname "$NRI_SOCKET")" "$CDI_DIR"
 	mkdir -p "$c/nri-plugins" "$c/nri-conf"
-	# containerd 2.4's native format (version 4); CDI is always on in 2.x.
-	cat >"$c/config.toml" <<EOF
-version = 4
-root = "$c/root"
-state = "$c/state"
-imports = []
-
-[plugins.'io.containerd.server.v1.grpc']
-  address = "$c/containerd.sock"
-[plugins.'io.containerd.server.v1.ttrpc']
-  address = "$c/containerd.sock.ttrpc"
-
-[plugins.'io.containerd.cri.v1.images']
-  snapshotter = "overlayfs"
-  [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = "$PAUSE_IMAGE"
-
-[plugins.'io.containerd.cri.v1.runtime']
-  cdi_spec_dirs = ["$CDI_DIR"]
-  # This VM lacks CAP_SYS_RESOURCE: runc could not raise oom_score_adj.
-  restrict_oom_score_adj = true
-  [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ["$c/cni-bin"]
-    conf_dir = "$c/cni-conf"
-  [plugins.'io.containerd.cri.v1.runtime'.containerd]
-    default_runtime_name = "runc"
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      # Copied into every container spec (and the sandbox's): the path Kata
+	containerd_config "$c" "$c/cni-bin" "$c/cni-conf" \
+		'      # Copied into every container spec (and the sandbox'"'"'s): the path Kata
       # uses for cold plug, and the double injection our NRI plugin removes.
-      pod_annotations = ["cdi.k8s.io/*"]
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-        BinaryName = "$(command -v runc)"
-        SystemdCgroup = false
-
-[plugins.'io.containerd.nri.v1.nri']
+      pod_annotations = ["cdi.k8s.io/*"]' \
+		"[plugins.'io.containerd.nri.v1.nri']
   disable = false
-  socket_path = "$NRI_SOCKET"
-  plugin_path = "$c/nri-plugins"
-  plugin_config_path = "$c/nri-conf"
-EOF
-	log "starting containerd"
-	PATH="$CTRD_DIR/bin:$PATH" "$CTRD_DIR/bin/containerd" --config "$c/config.toml" --log-level debug \
-		>"$WORK/logs/containerd.log" 2>&1 &
-	CONTAINERD_PID=$!
-	wait_for 30 "containerd socket" ctr_ version || fail_setup "containerd did not start"
+  socket_path = \"$NRI_SOCKET\"
+  plugin_path = \"$c/nri-plugins\"
+  plugin_config_path = \"$c/nri-conf\""
+	run_containerd "$c"
 	ctr_ images import --platform linux/amd64 "$IMG_DIR/busybox.tar" >/dev/null || fail_setup "import busybox image"
 	ctr_ images import --platform linux/amd64 "$IMG_DIR/pause.tar" >/dev/null || fail_setup "import pause image"
 }

@@ -21,6 +21,18 @@ import (
 // lazyPrep lets a test build the Preparer once the fixture tree exists.
 type lazyPrep struct{ Preparer }
 
+// specsIn returns a spec syncer writing through the real CDI writer into
+// dir/cdi, and that directory.
+func specsIn(t *testing.T, dir string, root sysfs.Root, log *zap.Logger) (cdi.PlanSyncer, string) {
+	t.Helper()
+	cdiDir := filepath.Join(dir, "cdi")
+	w, err := cdi.NewWriter(cdiDir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cdi.PlanSyncer{W: w, Root: root}, cdiDir
+}
+
 // fakeKernel puts the fake kernel (sysfstest.Kernel: no real kernel runs in
 // unit tests; the e2e labs run the same path on one) under the harness's
 // tree and returns a binding manager writing through it, with its state
@@ -58,12 +70,7 @@ pools:
 `
 	var cdiDir string
 	h := startHarness(t, 2, 2, cfg, prep, log, func(dir string, o *Options) {
-		cdiDir = filepath.Join(dir, "cdi")
-		w, err := cdi.NewWriter(cdiDir, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		o.Specs = cdi.PlanSyncer{W: w, Root: o.Root}
+		o.Specs, cdiDir = specsIn(t, dir, o.Root, log)
 	})
 	k, bm, root := h.fakeKernel(t, log)
 	prep.Preparer = binding.ForAllocate{M: bm}

@@ -18,7 +18,6 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 
-	"github.com/sriov-cdi/sriov-cdi/cdi"
 	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
 	"github.com/sriov-cdi/sriov-cdi/plugin/kubelettest"
 	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
@@ -52,12 +51,7 @@ func TestVFIOPoolKeepsWhatItBound(t *testing.T) {
 			var cdiDir string
 			h := startHarness(t, tc.pfs, tc.vfs, cfg, prep, log, func(dir string, o *Options) {
 				o.Holdings = binding.NewHoldings(filepath.Join(dir, "state.json"))
-				cdiDir = filepath.Join(dir, "cdi")
-				w, err := cdi.NewWriter(cdiDir, log)
-				if err != nil {
-					t.Fatal(err)
-				}
-				o.Specs = cdi.PlanSyncer{W: w, Root: o.Root}
+				o.Specs, cdiDir = specsIn(t, dir, o.Root, log)
 			})
 			_, bm, _ := h.fakeKernel(t, log)
 			prep.Preparer = binding.ForAllocate{M: bm}
@@ -163,11 +157,7 @@ func TestAllocateFailingAfterBindRollsBack(t *testing.T) {
 	cfg := "resourcePrefix: example.com\npools:\n  - {name: vf, mode: vfio, allowUnbindFrom: [iavf], selectors: {rootDevices: [\"0000:01:00.0\"]}}\n"
 	syncer := &failingSyncer{}
 	h := startHarness(t, 1, 3, cfg, prep, log, func(dir string, o *Options) {
-		w, err := cdi.NewWriter(filepath.Join(dir, "cdi"), log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		syncer.SpecSyncer = cdi.PlanSyncer{W: w, Root: o.Root}
+		syncer.SpecSyncer, _ = specsIn(t, dir, o.Root, log)
 		o.Specs = syncer
 		o.Holdings = binding.NewHoldings(filepath.Join(dir, "state.json"))
 	})
@@ -249,12 +239,7 @@ func TestExitKeepsOnlyAssignedSpecs(t *testing.T) {
 			kl.Script(tc.answer...)
 			var cdiDir string
 			h := startHarness(t, 2, 2, cfg, nil, log, func(dir string, o *Options) {
-				cdiDir = filepath.Join(dir, "cdi")
-				w, err := cdi.NewWriter(cdiDir, log)
-				if err != nil {
-					t.Fatal(err)
-				}
-				o.Specs = cdi.PlanSyncer{W: w, Root: o.Root}
+				o.Specs, cdiDir = specsIn(t, dir, o.Root, log)
 				o.PodResources = kl
 			})
 			h.registrations(t, 2)

@@ -37,6 +37,20 @@ result() { # result PASS|FAIL|SKIP name detail...
 	esac
 }
 
+# host_lock: the kubelet and cluster labs use the host's fixed paths
+# (/var/lib/kubelet, /var/run/cdi, ports 6443 and 23790): a second lab run on
+# the same host (another checkout, another cache) waits here for the first
+# instead of breaking it. Held on fd 9 until the script exits.
+host_lock() {
+	local lock=/run/sriov-cdi-e2e-host.lock
+	exec 9>"$lock"
+	if ! flock -n 9; then
+		log "another lab holds $lock; waiting for it"
+		flock 9
+		log "lock taken"
+	fi
+}
+
 # wait_for SECONDS DESCRIPTION COMMAND...: poll every 0.5 s.
 wait_for() {
 	local secs=$1 what=$2

@@ -832,6 +832,7 @@ main() {
 	build_images
 	build_helm
 
+	host_lock
 	WORK=$(mktemp -d /tmp/sriov-cdi-cluster.XXXXXX)
 	mkdir -p "$WORK/logs"
 	trap cleanup EXIT

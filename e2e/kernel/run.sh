@@ -164,6 +164,10 @@ build_kernel_cache() {
 }
 
 mkdir -p "${CACHE}" "${KCACHE}" "${OUT}"
+# One run per run dir at a time (two checkouts sharing a cache): the
+# initramfs and serial log there are rewritten by every run.
+exec 9>"${OUT}/.lock"
+flock 9
 if [[ ! -s ${KCACHE}/stamp || ! -s ${KCACHE}/vmlinux || ! -s ${KCACHE}/base.cpio.gz ]] ||
 	[[ $(cat "${KCACHE}/modules.list" 2>/dev/null) != "$(printf '%s\n' "${MODULES[@]}")" ]]; then
 	rm -f "${KCACHE}/stamp"

@@ -580,6 +580,7 @@ main() {
 	build_containerd
 	build_images
 
+	host_lock
 	WORK=$(mktemp -d /tmp/sriov-cdi-kubelet.XXXXXX)
 	mkdir -p "$WORK/logs" "$WORK/bin"
 	NRI_SOCKET=$WORK/nri/nri.sock

@@ -22,7 +22,7 @@
 //     list is not injected again from a cdi.k8s.io/* annotation.
 //
 // It must not: bind drivers or write sysfs (package sysfs does), decide what
-// a pool hands out (package plugin/pool does), talk to kubelet, or write
+// a pool hands out (package core/pool does), talk to kubelet, or write
 // anywhere but the spec directory it was given. Device node major/minor
 // numbers are not written into a spec: VFIO group, iommufd and RDMA minors
 // are allocated dynamically, so pinned numbers could go stale and grant a

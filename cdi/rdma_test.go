@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/config"
-	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
+	"github.com/sriov-cdi/sriov-cdi/core/config"
+	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 

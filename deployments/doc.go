@@ -7,6 +7,6 @@
 // API types, so an unknown or misspelled field fails `make test`, check that
 // the pool configuration they carry passes the plugin's own config parser,
 // that values.schema.json holds the config schema generated from
-// plugin/config (schema_test.go, -update), and that two image builds are
+// core/config (schema_test.go, -update), and that two image builds are
 // byte for byte the same (image_test.go).
 package deployments

@@ -15,17 +15,17 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/core/config"
 )
 
 // The chart's values.schema.json carries a JSON schema of the `config` value
-// generated from the plugin's config types (plugin/config), so that a
+// generated from the plugin's config types (core/config), so that a
 // misspelt pool field or an unquoted vendor ID fails `helm install` and
 // `helm template` with the field's path. TestValuesSchemaConfig regenerates
 // it and fails on drift; `go test ./deployments -run TestValuesSchemaConfig
 // -update` rewrites the file.
 
-var update = flag.Bool("update", false, "rewrite helm/sriov-cdi/values.schema.json with the config schema generated from plugin/config")
+var update = flag.Bool("update", false, "rewrite helm/sriov-cdi/values.schema.json with the config schema generated from core/config")
 
 const schemaFile = chartDir + "/values.schema.json"
 
@@ -131,7 +131,7 @@ func generateConfigSchema() (map[string]any, error) {
 		nullable bool
 		desc     string
 	}{
-		{defConfig, reflect.TypeFor[config.Config](), true, "The pool configuration (`config`), generated from plugin/config by deployments/schema_test.go; the plugin validates the rest (sriov-cdi config validate)."},
+		{defConfig, reflect.TypeFor[config.Config](), true, "The pool configuration (`config`), generated from core/config by deployments/schema_test.go; the plugin validates the rest (sriov-cdi config validate)."},
 		{defPool, reflect.TypeFor[config.Pool](), false, ""},
 		{defSelector, reflect.TypeFor[config.Selector](), false, ""},
 	} {
@@ -191,7 +191,7 @@ func TestValuesSchemaConfig(t *testing.T) {
 		}
 		t.Logf("wrote %s", schemaFile)
 	} else if !bytes.Equal(old, buf.Bytes()) {
-		t.Errorf("%s is not what plugin/config generates (or not formatted): run `go test ./deployments -run TestValuesSchemaConfig -update`", schemaFile)
+		t.Errorf("%s is not what core/config generates (or not formatted): run `go test ./deployments -run TestValuesSchemaConfig -update`", schemaFile)
 	}
 
 	// The enums are complete: the parser accepts each value and names the

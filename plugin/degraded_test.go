@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
+	"github.com/sriov-cdi/sriov-cdi/core/binding"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
 )
 

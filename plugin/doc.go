@@ -5,7 +5,7 @@
 // with the host (kernel uevents, /dev/vfio events, periodic rescans) and the
 // config file (hot reload).
 //
-// Device decisions come from plugin/pool (pure); CDI specs and driver
+// Device decisions come from core/pool (pure); CDI specs and driver
 // binding are reached through the SpecSyncer and Preparer interfaces so
 // that this package never writes sysfs or CDI files itself.
 package plugin

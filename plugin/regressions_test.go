@@ -18,9 +18,9 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
+	"github.com/sriov-cdi/sriov-cdi/core/binding"
+	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/plugin/kubelettest"
-	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 

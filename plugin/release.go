@@ -10,8 +10,8 @@ import (
 	"go.uber.org/zap"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
-	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
+	"github.com/sriov-cdi/sriov-cdi/core/binding"
+	"github.com/sriov-cdi/sriov-cdi/core/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 

@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
+	"github.com/sriov-cdi/sriov-cdi/core/binding"
 	"github.com/sriov-cdi/sriov-cdi/plugin/kubelettest"
 )
 

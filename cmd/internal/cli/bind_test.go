@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	ucli "github.com/urfave/cli/v3"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
+	"github.com/sriov-cdi/sriov-cdi/core/binding"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
 )

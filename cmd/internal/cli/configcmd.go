@@ -6,7 +6,7 @@ import (
 
 	ucli "github.com/urfave/cli/v3"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/core/config"
 )
 
 func configCommand() *ucli.Command {

@@ -12,8 +12,8 @@ import (
 	"github.com/jaypipes/pcidb"
 	ucli "github.com/urfave/cli/v3"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/config"
-	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
+	"github.com/sriov-cdi/sriov-cdi/core/config"
+	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 

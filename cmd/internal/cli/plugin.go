@@ -16,9 +16,9 @@ import (
 
 	"github.com/sriov-cdi/sriov-cdi/cdi"
 
+	"github.com/sriov-cdi/sriov-cdi/core/binding"
+	"github.com/sriov-cdi/sriov-cdi/core/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/plugin"
-	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
-	"github.com/sriov-cdi/sriov-cdi/plugin/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/plugin/metrics"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )

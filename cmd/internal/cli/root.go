@@ -11,9 +11,9 @@ import (
 	ucli "github.com/urfave/cli/v3"
 
 	"github.com/sriov-cdi/sriov-cdi/cmd/internal/version"
-	"github.com/sriov-cdi/sriov-cdi/plugin/binding"
-	"github.com/sriov-cdi/sriov-cdi/plugin/config"
-	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
+	"github.com/sriov-cdi/sriov-cdi/core/binding"
+	"github.com/sriov-cdi/sriov-cdi/core/config"
+	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sample"
 )

@@ -236,7 +236,7 @@ func (h *harness) cliHasString(s string) bool {
 // the linker drops unreferenced ones). Renaming them makes the scenarios
 // that probe for them SKIP, naming the symbol, never pass.
 const (
-	symBinder    = "github.com/sriov-cdi/sriov-cdi/plugin/binding.(*Manager).Prepare"
+	symBinder    = "github.com/sriov-cdi/sriov-cdi/core/binding.(*Manager).Prepare"
 	symCDIWriter = "github.com/sriov-cdi/sriov-cdi/cdi.(*Writer).Sync"
 )
 

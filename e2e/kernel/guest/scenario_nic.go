@@ -100,7 +100,7 @@ func (h *harness) nicDiscover(t *T) error {
 }
 
 // devInfoFile is the Multus device-info file the plugin writes for a device
-// of a resource (plugin/deviceinfo: "<resource, / as ->-<id>-device.json").
+// of a resource (core/deviceinfo: "<resource, / as ->-<id>-device.json").
 func devInfoFile(e *pluginEnv, resource, id string) string {
 	return filepath.Join(e.deviceInfoDir, strings.ReplaceAll(resource, "/", "-")+"-"+id+"-device.json")
 }

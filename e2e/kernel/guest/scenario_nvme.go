@@ -15,7 +15,7 @@ import (
 
 // faultEnv is how the fault scenario asks the product to stop in the middle
 // of a binding: after the VF left its old driver, before vfio-pci has it.
-// The product's hook (plugin/binding/fault.go) exits the process at once
+// The product's hook (core/binding/fault.go) exits the process at once
 // (status 3, no cleanup, as a crash would); a hook that blocks instead is
 // killed with SIGKILL here.
 const faultEnv = "SRIOV_CDI_FAULT=after-unbind"

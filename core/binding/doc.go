@@ -10,7 +10,7 @@
 // watcher that learns from kubelet's PodResources API which devices were
 // released.
 //
-// It must not decide which devices a pool holds (plugin/pool does), and it
+// It must not decide which devices a pool holds (core/pool does), and it
 // must never write a driver attribute for a pool that is not in vfio mode:
 // Manager.Prepare is the one place that enforces it. All writes go through
 // sysfs.Binder.

@@ -5,7 +5,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/core/config"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/pool"
+	"github.com/sriov-cdi/sriov-cdi/core/pool"
 )
 
 // Holdings reads, from the state file, which functions sriov-cdi bound and

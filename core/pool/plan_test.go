@@ -7,7 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/sriov-cdi/sriov-cdi/plugin/config"
+	"github.com/sriov-cdi/sriov-cdi/core/config"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sample"
 )

@@ -27,6 +27,9 @@ const (
 	// ModeKernel hands devices out with the driver they have; the plugin
 	// never writes a driver attribute for such a pool.
 	ModeKernel Mode = "kernel"
+	// ModeVhostUser hands out vhost-user socket directories (slots), not
+	// PCI functions; see VhostUser.
+	ModeVhostUser Mode = "vhost-user"
 )
 
 // BindAt says when a vfio pool binds its devices.
@@ -107,9 +110,13 @@ type Pool struct {
 	// plugin's isRdma). Functions without an RDMA device stay out of the
 	// pool. Kernel pools only.
 	RDMA bool `json:"rdma,omitempty"`
+	// VhostUser configures a vhost-user pool (mode: vhost-user), which has
+	// no selectors.
+	VhostUser *VhostUser `json:"vhostUser,omitempty"`
 	// Selectors: a device belongs to the pool when it matches any one of
-	// them. Written as one object or a list of objects.
-	Selectors SelectorList `json:"selectors"`
+	// them. Written as one object or a list of objects. Required except in
+	// vhost-user pools.
+	Selectors SelectorList `json:"selectors,omitempty"`
 }
 
 // Selector matches devices; every field that is set must match (within a
@@ -245,6 +252,7 @@ func (c *Config) applyDefaults() {
 		if p.AllocationPolicy == "" {
 			p.AllocationPolicy = PolicySpread
 		}
+		p.VhostUser.applyDefaults()
 		if p.Mode == ModeVFIO {
 			if p.BindAt == "" {
 				p.BindAt = BindAtAllocate
@@ -305,10 +313,11 @@ func (c *Config) Validate() error {
 			checkPrefix(at+".resourcePrefix", p.ResourcePrefix)
 		}
 		switch p.Mode {
-		case ModeVFIO, ModeKernel:
+		case ModeVFIO, ModeKernel, ModeVhostUser:
 		default:
-			bad("%s.mode: %q is not a mode; use \"vfio\" (bind to vfio-pci) or \"kernel\" (keep the current driver)", at, p.Mode)
+			bad("%s.mode: %q is not a mode; use \"vfio\" (bind to vfio-pci), \"kernel\" (keep the current driver) or \"vhost-user\" (socket directories)", at, p.Mode)
 		}
+		c.validateVhostUser(at, p, bad)
 		switch p.AllocationPolicy {
 		case PolicySpread, PolicyPack:
 		default:
@@ -349,7 +358,7 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
-		if len(p.Selectors) == 0 {
+		if len(p.Selectors) == 0 && p.Mode != ModeVhostUser {
 			bad("%s.selectors: missing; a pool without selectors would take every PCI function on the host (add e.g. vendors and devices, or pciAddresses)", at)
 		}
 		for j := range p.Selectors {

@@ -109,6 +109,8 @@ func (d *diagnosis) value(raw json.RawMessage, t reflect.Type, path []step, hint
 			return
 		}
 		d.value(raw, reflect.TypeFor[Selector](), append(path, step{index: 0}), hintField)
+	case t.Kind() == reflect.Pointer:
+		d.value(raw, t.Elem(), path, hintField)
 	case t.Kind() == reflect.Struct:
 		var fields map[string]json.RawMessage
 		if err := json.Unmarshal(raw, &fields); err != nil {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sriov-cdi/sriov-cdi/core/config"
 	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
@@ -24,11 +25,27 @@ const DefaultDir = "/var/run/k8s.cni.cncf.io/devinfo/dp"
 // SpecVersion is the device-info specification version written.
 const SpecVersion = "1.1.0"
 
+// Types of device-info content written.
+const (
+	TypePCI       = "pci"
+	TypeVhostUser = "vhost-user"
+)
+
 // Info is the file's content.
 type Info struct {
-	Type    string `json:"type"`
-	Version string `json:"version"`
-	PCI     *PCI   `json:"pci,omitempty"`
+	Type      string     `json:"type"`
+	Version   string     `json:"version"`
+	PCI       *PCI       `json:"pci,omitempty"`
+	VhostUser *VhostUser `json:"vhost-user,omitempty"`
+}
+
+// VhostUser is the "vhost-user" member of Info (spec section 3.1.5).
+type VhostUser struct {
+	// Mode is "server" (the container creates the socket, the host
+	// attaches) or "client" (the host creates it).
+	Mode string `json:"mode"`
+	// Path is the socket file.
+	Path string `json:"path"`
 }
 
 // PCI is the "pci" member of Info.
@@ -66,7 +83,7 @@ func For(u pool.Unit, o Options) (Info, bool) {
 		}
 		pci.RDMADevice = strings.Join(names, ",")
 	}
-	return Info{Type: "pci", Version: SpecVersion, PCI: pci}, true
+	return Info{Type: TypePCI, Version: SpecVersion, PCI: pci}, true
 }
 
 // FileName is the spec's file name for a device of a resource.
@@ -92,18 +109,37 @@ func (w Writer) Write(resource string, units []pool.Unit, o Options) error {
 		if err != nil {
 			return err
 		}
-		path := filepath.Join(w.Dir, FileName(resource, u.ID))
-		if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
-			continue // a device allocated again: same content, no write
+		if err := writeFile(filepath.Join(w.Dir, FileName(resource, u.ID)), b, u.ID); err != nil {
+			return err
 		}
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, b, 0o644); err != nil {
-			return fmt.Errorf("write device-info file for %s: %w", u.ID, err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("write device-info file for %s: %w", u.ID, err)
-		}
+	}
+	return nil
+}
+
+// WriteInfo writes one device's file with the given content, atomically;
+// an identical file is left as it is.
+func (w Writer) WriteInfo(resource string, id sysfs.Address, info Info) error {
+	if err := os.MkdirAll(w.Dir, 0o755); err != nil {
+		return fmt.Errorf("create device-info directory: %w", err)
+	}
+	b, err := json.Marshal(info)
+	if err != nil {
+		return err
+	}
+	return writeFile(filepath.Join(w.Dir, FileName(resource, id)), b, id)
+}
+
+func writeFile(path string, b []byte, id sysfs.Address) error {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
+		return nil // a device allocated again: same content, no write
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("write device-info file for %s: %w", id, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write device-info file for %s: %w", id, err)
 	}
 	return nil
 }
@@ -143,6 +179,9 @@ func (w Writer) Prune(keep map[string]map[sysfs.Address]bool) error {
 				continue
 			}
 			a, err := sysfs.ParseAddress(id)
+			if _, slot := config.ParseVhostUserSlotID(id); slot {
+				a, err = sysfs.Address(id), nil // a vhost-user slot
+			}
 			if err != nil {
 				continue // a resource whose name extends this one's, or not ours
 			}

@@ -10,7 +10,8 @@ import (
 )
 
 // Unit is what a pool advertises as one device: a function, or in vfio mode
-// every endpoint function of its IOMMU group, allocated as a whole.
+// every endpoint function of its IOMMU group, allocated as a whole, or in
+// vhost-user mode one socket-directory slot (ID "slot-N", no members).
 type Unit struct {
 	// ID is the device ID kubelet sees (and the CDI device name): the lowest
 	// selected address of the group.
@@ -189,9 +190,12 @@ func Build(c *config.Config, h *sysfs.Host, opts ...BuildOption) *Plan {
 	}
 	for i := range c.Pools {
 		p := &plan.Pools[i]
-		if p.Mode == config.ModeVFIO {
+		switch p.Mode {
+		case config.ModeVhostUser:
+			buildVhostUser(p)
+		case config.ModeVFIO:
 			buildVFIO(plan, p, i, matched[i], owner, h, c)
-		} else {
+		default:
 			buildKernel(plan, p, matched[i], h, o.wasUp)
 		}
 	}
@@ -355,4 +359,24 @@ func vfioHealth(members []sysfs.Address, g string, h *sysfs.Host) (bool, string)
 		}
 	}
 	return true, ""
+}
+
+// buildVhostUser gives a vhost-user pool its configured number of slots:
+// units with IDs "slot-0".."slot-N-1", no PCI members, on the switch's
+// NUMA node (for kubelet's topology hints and Prefer). Slots read nothing
+// from the host and are always healthy here; a missing base directory is
+// reported when a slot is prepared.
+func buildVhostUser(p *Pool) {
+	v := p.Config.VhostUser
+	if v == nil {
+		return
+	}
+	numa := -1
+	if v.NUMANode != nil {
+		numa = *v.NUMANode
+	}
+	p.Units = make([]Unit, v.Count)
+	for i := range p.Units {
+		p.Units[i] = Unit{ID: sysfs.Address(config.VhostUserSlotID(i)), NUMANode: numa, VFIndex: -1, Healthy: true}
+	}
 }

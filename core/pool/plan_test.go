@@ -348,3 +348,43 @@ func TestVFLinkHealth(t *testing.T) {
 		lh = lh.SeenUp(step.h)
 	}
 }
+
+// A vhost-user pool has count slots on the switch's NUMA node, takes no
+// PCI function, and leaves every function to the other pools.
+func TestBuildVhostUser(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  string
+		want []Unit
+	}{
+		{"numa node", `{name: vhu, mode: vhost-user, vhostUser: {count: 3, baseDir: /run/vhu, numaNode: 1}}`, []Unit{
+			{ID: "slot-0", NUMANode: 1, VFIndex: -1, Healthy: true},
+			{ID: "slot-1", NUMANode: 1, VFIndex: -1, Healthy: true},
+			{ID: "slot-2", NUMANode: 1, VFIndex: -1, Healthy: true},
+		}},
+		{"no numa node", `{name: vhu, mode: vhost-user, vhostUser: {count: 1, baseDir: /run/vhu}}`, []Unit{
+			{ID: "slot-0", NUMANode: -1, VFIndex: -1, Healthy: true},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := mustConfig(t, "pools:\n  - "+tc.cfg+"\n  - {name: vf, mode: kernel, selectors: {vendors: [\"8086\"]}}\n")
+			all := Build(c, testHost())
+			only := Build(mustConfig(t, `pools: [{name: vf, mode: kernel, selectors: {vendors: ["8086"]}}]`), testHost())
+			if diff := cmp.Diff(tc.want, all.Pool("vhu").Units); diff != "" {
+				t.Errorf("slots (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(only.Pool("vf").Units, all.Pool("vf").Units); diff != "" {
+				t.Errorf("the vhost-user pool changed another pool's units (-without +with):\n%s", diff)
+			}
+			if diff := cmp.Diff(only.Unselected, all.Unselected); diff != "" {
+				t.Errorf("the vhost-user pool changed the refusals (-without +with):\n%s", diff)
+			}
+		})
+	}
+	// Prefer treats slots like units without a PF: must-include first,
+	// then the switch's node.
+	got := Prefer([]Candidate{{"slot-0", 1, ""}, {"slot-1", 1, ""}, {"slot-2", 0, ""}}, []sysfs.Address{"slot-1"}, 2, config.PolicySpread)
+	if diff := cmp.Diff([]sysfs.Address{"slot-1", "slot-0"}, got); diff != "" {
+		t.Errorf("Prefer over slots (-want +got):\n%s", diff)
+	}
+}

@@ -87,6 +87,9 @@ func SpecFor(p *pool.Pool, h *sysfs.Host, root sysfs.Root, opts ...SpecOption) (
 		return nil, fmt.Errorf("pool %q: %w", p.Name, ErrNoUnits)
 	}
 	spec := &cdispec.Spec{Kind: vendor + "/" + class, Devices: make([]cdispec.Device, 0, len(p.Units))}
+	if p.Mode == config.ModeVhostUser {
+		return vhostUserSpec(spec, p)
+	}
 	if p.Mode == config.ModeVFIO {
 		spec.ContainerEdits.DeviceNodes = []*cdispec.DeviceNode{node(vfioContainer, root)}
 	}

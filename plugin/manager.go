@@ -259,7 +259,8 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err := m.replan(ctx, nil); err != nil {
 		return err
 	}
-	if m.opts.DeviceInfo != nil && m.opts.PodResources != nil {
+	m.reconcileVhostUser(ctx)
+	if m.opts.PodResources != nil { // device-info files, vhost-user directories
 		go m.releaseDeviceInfo(ctx, m.opts.PodResources, m.opts.Release.Poll)
 	}
 	m.bindStartupPools(ctx)

@@ -11,6 +11,7 @@ import (
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/sriov-cdi/sriov-cdi/core/binding"
+	"github.com/sriov-cdi/sriov-cdi/core/config"
 	"github.com/sriov-cdi/sriov-cdi/core/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
@@ -116,19 +117,26 @@ func (m *Manager) pollReleases(ctx context.Context, lister PodLister, clock func
 	now := clock()
 	var cands []devInfoKey
 	held := map[devInfoKey]bool{}
-	pools := map[string]string{} // resource -> pool name, for logs
+	pools := map[string]string{}    // resource -> pool name, for logs
+	vhost := map[string]vhostDirs{} // resource -> directories of a vhost-user pool
 	for _, e := range m.snapshotEndpoints() {
 		res := e.ep.resource
-		p, _, _, _ := e.srv.snapshot()
+		p, cfg, _, _ := e.srv.snapshot()
 		pools[res] = p.Name
+		var dirs vhostDirs
+		if cfg != nil && cfg.Mode == config.ModeVhostUser {
+			if dirs = vhostDirsOf(e); dirs == nil {
+				continue
+			}
+			vhost[res] = dirs
+		}
 		for _, u := range p.Units {
 			k := devInfoKey{res, u.ID}
 			if assigned[res][u.ID] {
 				held[k] = true
 				continue
 			}
-			st, err := os.Stat(filepath.Join(w.Dir, deviceinfo.FileName(res, u.ID)))
-			if err == nil && now.Sub(st.ModTime()) > m.opts.Release.Grace {
+			if at, ok := allocatedAt(w, dirs, res, u.ID); ok && now.Sub(at) > m.opts.Release.Grace {
 				cands = append(cands, k)
 			}
 		}
@@ -145,13 +153,59 @@ func (m *Manager) pollReleases(ctx context.Context, lister PodLister, clock func
 		byRes[k.resource] = append(byRes[k.resource], k.id)
 	}
 	for _, res := range order {
-		if err := w.Remove(res, byRes[res]...); err != nil {
+		ids := byRes[res]
+		if dirs := vhost[res]; dirs != nil {
+			ids = m.releaseVhostUser(dirs, pools[res], res, ids, asked)
+		}
+		if w == nil || len(ids) == 0 {
+			continue
+		}
+		if err := w.Remove(res, ids...); err != nil {
 			m.log.Warn("remove device-info files of released devices", zap.String("pool", pools[res]), zap.String("resource", res), zap.Error(err))
 			continue
 		}
-		for _, id := range byRes[res] {
+		for _, id := range ids {
 			m.log.Info("device released; device-info file removed", zap.String("device", string(id)), zap.String("pool", pools[res]), zap.String("resource", res))
 		}
 	}
 	return nil
+}
+
+// allocatedAt is when a device was last handed out, as far as the files
+// tell: a vhost-user slot's directory (its last change), else its
+// device-info file. false: no trace of an allocation.
+func allocatedAt(w *deviceinfo.Writer, dirs vhostDirs, res string, id sysfs.Address) (time.Time, bool) {
+	if dirs != nil {
+		at, ok, err := dirs.ChangedAt(string(id))
+		return at, ok && err == nil
+	}
+	if w == nil {
+		return time.Time{}, false
+	}
+	st, err := os.Stat(filepath.Join(w.Dir, deviceinfo.FileName(res, id)))
+	if err != nil {
+		return time.Time{}, false
+	}
+	return st.ModTime(), true
+}
+
+// releaseVhostUser removes the directories of released slots, except one
+// an Allocate made again after the answer that showed the slot free was
+// asked, and returns the slots whose directory went (their device-info
+// files go too).
+func (m *Manager) releaseVhostUser(dirs vhostDirs, poolName, res string, ids []sysfs.Address, asked time.Time) []sysfs.Address {
+	var out []sysfs.Address
+	for _, id := range ids {
+		removed, err := dirs.ReleaseUnchangedSince(string(id), asked)
+		switch {
+		case err != nil:
+			m.log.Warn("remove the vhost-user directory of a released slot", zap.String("device", string(id)), zap.String("pool", poolName), zap.String("resource", res), zap.Error(err))
+		case removed:
+			m.log.Info("slot released; vhost-user directory removed", zap.String("device", string(id)), zap.String("pool", poolName), zap.String("resource", res))
+			out = append(out, id)
+		default:
+			m.log.Info("slot allocated again since kubelet released it; directory kept", zap.String("device", string(id)), zap.String("pool", poolName), zap.String("resource", res))
+		}
+	}
+	return out
 }

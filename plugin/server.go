@@ -59,6 +59,10 @@ type poolServer struct {
 	changed  chan struct{}          // closed and replaced on every change
 	inFlight map[sysfs.Address]bool // IDs inside a running Allocate
 	stopped  bool
+	// vhost: the directories of a vhost-user pool, made for vhostCfg
+	// (vhostDirsFor).
+	vhost    vhostDirs
+	vhostCfg *config.VhostUser
 }
 
 var _ pluginapi.DevicePluginServer = (*poolServer)(nil)
@@ -205,6 +209,9 @@ func (s *poolServer) allocate(ctx context.Context, p *pool.Pool, cfg *config.Poo
 		return nil, err
 	}
 	defer s.release(all)
+	if cfg.Mode == config.ModeVhostUser {
+		return s.allocateVhostUser(cfg, per, all)
+	}
 
 	undo, err := s.prepare.Prepare(ctx, cfg, all)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/sriov-cdi/sriov-cdi/core/config"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
@@ -164,7 +165,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 
 // AssignedDevices returns, per resource name, the device IDs a
 // PodResources List answer shows assigned to some container. IDs that are
-// not PCI addresses (another plugin's) are left out.
+// neither PCI addresses nor vhost-user slot IDs (another plugin's) are
+// left out.
 func AssignedDevices(resp *podresourcesv1.ListPodResourcesResponse) map[string]map[sysfs.Address]bool {
 	out := map[string]map[sysfs.Address]bool{}
 	for _, p := range resp.GetPodResources() {
@@ -172,6 +174,9 @@ func AssignedDevices(resp *podresourcesv1.ListPodResourcesResponse) map[string]m
 			for _, d := range c.GetDevices() {
 				for _, id := range d.GetDeviceIds() {
 					a, err := sysfs.ParseAddress(id)
+					if _, slot := config.ParseVhostUserSlotID(id); slot {
+						a, err = sysfs.Address(id), nil // a vhost-user slot, not a PCI function
+					}
 					if err != nil {
 						continue
 					}

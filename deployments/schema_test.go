@@ -35,15 +35,17 @@ const (
 	defConfig   = "config"
 	defPool     = "configPool"
 	defSelector = "configSelector"
+	defVhost    = "configVhostUser"
 )
 
 // enums lists the values of the config's string enum types. The test checks
 // each against the plugin's own parser, and the parser's error messages
 // against this list, so a new value cannot be missed silently.
 var enums = map[reflect.Type][]string{
-	reflect.TypeFor[config.Mode]():   {string(config.ModeVFIO), string(config.ModeKernel)},
-	reflect.TypeFor[config.BindAt](): {string(config.BindAtAllocate), string(config.BindAtStartup)},
-	reflect.TypeFor[config.Policy](): {string(config.PolicySpread), string(config.PolicyPack)},
+	reflect.TypeFor[config.Mode]():                {string(config.ModeVFIO), string(config.ModeKernel), string(config.ModeVhostUser)},
+	reflect.TypeFor[config.VhostUserSocketMode](): {string(config.SocketServer), string(config.SocketClient)},
+	reflect.TypeFor[config.BindAt]():              {string(config.BindAtAllocate), string(config.BindAtStartup)},
+	reflect.TypeFor[config.Policy]():              {string(config.PolicySpread), string(config.PolicyPack)},
 }
 
 // patterns constrains string list items by JSON path (Type.field), where a
@@ -58,8 +60,9 @@ var patterns = map[string]string{
 func generateConfigSchema() (map[string]any, error) {
 	defs := map[string]any{}
 	refs := map[reflect.Type]string{
-		reflect.TypeFor[config.Pool]():     defPool,
-		reflect.TypeFor[config.Selector](): defSelector,
+		reflect.TypeFor[config.Pool]():      defPool,
+		reflect.TypeFor[config.Selector]():  defSelector,
+		reflect.TypeFor[config.VhostUser](): defVhost,
 	}
 	var typeSchema func(owner string, f reflect.StructField, t reflect.Type) (*ordered, error)
 	typeSchema = func(owner string, f reflect.StructField, t reflect.Type) (*ordered, error) {
@@ -72,6 +75,9 @@ func generateConfigSchema() (map[string]any, error) {
 			return obj("if", obj("type", "array"),
 				"then", obj("items", obj("$ref", "#/definitions/"+defSelector)),
 				"else", obj("$ref", "#/definitions/"+defSelector)), nil
+		}
+		if t.Kind() == reflect.Pointer { // optional: the same schema as its element
+			return typeSchema(owner, f, t.Elem())
 		}
 		if name, ok := refs[t]; ok {
 			return obj("$ref", "#/definitions/"+name), nil
@@ -134,6 +140,7 @@ func generateConfigSchema() (map[string]any, error) {
 		{defConfig, reflect.TypeFor[config.Config](), true, "The pool configuration (`config`), generated from core/config by deployments/schema_test.go; the plugin validates the rest (sriov-cdi config validate)."},
 		{defPool, reflect.TypeFor[config.Pool](), false, ""},
 		{defSelector, reflect.TypeFor[config.Selector](), false, ""},
+		{defVhost, reflect.TypeFor[config.VhostUser](), false, ""},
 	} {
 		s, err := structSchema(d.t, d.nullable)
 		if err != nil {
@@ -179,7 +186,7 @@ func TestValuesSchemaConfig(t *testing.T) {
 		d = &ordered{}
 		root.set("definitions", d)
 	}
-	for _, name := range []string{defConfig, defPool, defSelector} {
+	for _, name := range []string{defConfig, defPool, defSelector, defVhost} {
 		d.set(name, defs[name])
 	}
 	var buf bytes.Buffer
@@ -201,17 +208,25 @@ func TestValuesSchemaConfig(t *testing.T) {
 		typ   reflect.Type
 		yaml  func(v string) string
 	}{
-		{"mode", reflect.TypeFor[config.Mode](), func(v string) string { return "mode: " + v }},
+		{"mode", reflect.TypeFor[config.Mode](), func(v string) string {
+			if v == string(config.ModeVhostUser) { // no selectors: replace them
+				return "mode: " + v + "\n    vhostUser: {count: 1, baseDir: /run/vhu}"
+			}
+			return "mode: " + v
+		}},
+		{"socketMode", reflect.TypeFor[config.VhostUserSocketMode](), func(v string) string {
+			return "mode: vhost-user\n    vhostUser: {count: 1, baseDir: /run/vhu, socketMode: " + v + "}"
+		}},
 		{"bindAt", reflect.TypeFor[config.BindAt](), func(v string) string { return "mode: vfio\n    bindAt: " + v }},
 		{"allocationPolicy", reflect.TypeFor[config.Policy](), func(v string) string { return "allocationPolicy: " + v }},
 	} {
 		for _, v := range enums[c.typ] {
-			src := "pools:\n  - name: p\n    " + c.yaml(v) + "\n    selectors: {vendors: [\"8086\"]}\n"
+			src := enumSource(c.yaml(v))
 			if _, err := config.Parse("enum.yaml", []byte(src)); err != nil {
 				t.Errorf("%s %q from the schema enum: the plugin refuses it: %v", c.field, v, err)
 			}
 		}
-		src := "pools:\n  - name: p\n    " + c.yaml("bogus-value") + "\n    selectors: {vendors: [\"8086\"]}\n"
+		src := enumSource(c.yaml("bogus-value"))
 		_, err := config.Parse("enum.yaml", []byte(src))
 		if err == nil {
 			t.Errorf("%s: bogus-value accepted by the plugin; the schema enum %v is too narrow?", c.field, enums[c.typ])
@@ -223,6 +238,16 @@ func TestValuesSchemaConfig(t *testing.T) {
 			}
 		}
 	}
+}
+
+// enumSource is a one-pool config with the given fields, plus selectors
+// unless it is a vhost-user pool (which has none).
+func enumSource(fields string) string {
+	src := "pools:\n  - name: p\n    " + fields + "\n"
+	if !strings.Contains(fields, "vhostUser:") {
+		src += "    selectors: {vendors: [\"8086\"]}\n"
+	}
+	return src
 }
 
 // TestChartRejectsBadConfig: helm refuses a misspelt pool field and an

@@ -133,6 +133,9 @@ func (c *Config) Warnings() []string {
 	var ws []string
 	for i := range c.Pools {
 		res := c.Resource(&c.Pools[i])
+		if c.Pools[i].Mode == ModeVhostUser {
+			continue // sets VhostUserEnv, which has no '-'
+		}
 		if env := PCIDeviceEnv(res); strings.Contains(env, "-") {
 			ws = append(ws, fmt.Sprintf("%s: the variables %s and %s contain '-', so a shell cannot read them as $NAME (use printenv NAME); a name and resourcePrefix without '-' avoid it",
 				c.poolAt(i), env, PCIResourceEnv(res)))

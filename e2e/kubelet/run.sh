@@ -36,6 +36,9 @@ VFIO_POOL=vf
 VFIO_DEV=0000:01:00.2
 KERNEL_POOL=nvme
 KERNEL_DEVS=(0000:02:00.1 0000:02:00.2)
+VHOST_POOL=vhu
+VHOST_CTR=/var/run/vhost-user
+VHOST_BASE= # set by start_plugin when the binary knows vhost-user pools
 DP_DIR=/var/lib/kubelet/device-plugins # fixed in kubelet
 CDI_DIR=/var/run/cdi
 
@@ -255,6 +258,16 @@ pools:
     selectors:
       pciAddresses: ["${KERNEL_DEVS[0]}", "${KERNEL_DEVS[1]}"]
 EOF
+	# A vhost-user pool when the binary knows them (s6).
+	if "$SRIOV_CDI" config validate /dev/stdin >/dev/null 2>&1 <<<"pools: [{name: v, mode: vhost-user, vhostUser: {count: 1, baseDir: /tmp}}]"; then
+		VHOST_BASE=$WORK/vhost-user
+		mkdir -p "$VHOST_BASE"
+		cat >>"$WORK/plugin/config.yaml" <<EOF
+  - name: $VHOST_POOL
+    mode: vhost-user
+    vhostUser: {count: 2, baseDir: $VHOST_BASE, containerPath: $VHOST_CTR}
+EOF
+	fi
 	log "starting sriov-cdi plugin"
 	# Optional outputs stay in the work dir when the binary has the flag.
 	local extra=()
@@ -266,6 +279,7 @@ EOF
 		--state-file "$WORK/plugin/state.json" \
 		--sysfs-root "$FIX/sys" --dev-root "$FIX/dev" \
 		--health-addr 127.0.0.1:0 --log-level debug \
+		--release-poll 1s --release-grace 5s --release-lists 2 --release-span 2s --release-settle 5s \
 		"${extra[@]}" >"$WORK/logs/plugin.log" 2>&1 &
 	PLUGIN_PID=$!
 }
@@ -437,6 +451,8 @@ VFIO_RES=$PREFIX/$VFIO_POOL
 KERNEL_RES=$PREFIX/$KERNEL_POOL
 VFIO_ENV=$(env_suffix "$VFIO_RES")
 KERNEL_ENV=$(env_suffix "$KERNEL_RES")
+VHOST_RES=$PREFIX/$VHOST_POOL
+VHOST_ENV=SRIOV_CDI_VHOSTUSER_$(tr 'a-z./-' 'A-Z___' <<<"$VHOST_RES")
 VFIO_GROUP=
 
 s1_single_device() {
@@ -572,6 +588,152 @@ s5_nri() {
 	NRI_PID=
 }
 
+# vhost_pod NAME SCRIPT: a static pod asking for one vhost-user slot whose
+# container runs SCRIPT (sh), with the lab's unixlisten helper at
+# /e2e-bin/unixlisten (a hostPath volume: busybox's nc has no unix
+# sockets).
+vhost_pod() {
+	local f=$WORK/manifests/$1.yaml tmp=$WORK/manifests/.$1.yaml.tmp
+	{
+		cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  namespace: default
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  volumes:
+  - name: e2e-bin
+    hostPath: {path: $WORK/helper, type: Directory}
+  containers:
+  - name: c
+    image: $BUSYBOX_IMAGE
+    imagePullPolicy: Never
+    volumeMounts:
+    - {name: e2e-bin, mountPath: /e2e-bin, readOnly: true}
+    resources:
+      limits:
+        $VHOST_RES: "1"
+    command:
+    - /bin/sh
+    - -c
+    - |
+EOF
+		sed 's/^/      /' <<<"$2"
+	} >"$tmp"
+	mv "$tmp" "$f"
+}
+
+# run_vhost_pod NAME SCRIPT: vhost_pod, then wait until it runs and printed
+# its output (POD_ERR says why not).
+run_vhost_pod() {
+	POD_ERR=
+	vhost_pod "$1" "$2"
+	wait_for 90 "pod $1 Running" pod_settled "$1" || true
+	if ! pod_phase_is "$1" Running; then
+		POD_ERR="pod $1 not Running: phase=$(pod_field "$1" .status.phase) message=$(pod_field "$1" .status.message) waiting=$(pod_field "$1" '.status.containerStatuses[0].state.waiting // {} | tostring')"
+		return 1
+	fi
+	if ! wait_for 30 "pod $1 output" pod_log_complete "$1"; then
+		POD_ERR="pod $1 printed no complete output"
+		return 1
+	fi
+}
+
+# vhost_slot POD: the slot the pod's socket variable names ("" if none).
+vhost_slot() {
+	pod_log "$1" | sed -n "s|^$VHOST_ENV=$VHOST_CTR/\([^/]*\)/vhost.sock\$|\1|p" | head -n1
+}
+
+# s6: pod A gets its own socket directory (a CDI mount) and makes a socket
+# in it, which shows on the host; pod B (the other slot) cannot see it;
+# deleting A removes A's directory.
+s6_vhost_user() {
+	local n=s6-vhost-user
+	if [[ -z $VHOST_BASE ]]; then
+		result SKIP $n "sriov-cdi has no vhost-user pools yet"
+		return
+	fi
+	if ! wait_for 30 "registration of $VHOST_RES" registered "$VHOST_RES"; then
+		fail $n "the plugin did not register $VHOST_RES"
+		return
+	fi
+	mkdir -p "$WORK/helper"
+	if ! (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$WORK/helper/unixlisten" ./e2e/kubelet/unixlisten); then
+		fail $n "go build ./e2e/kubelet/unixlisten failed"
+		return
+	fi
+	local script_a script_b
+	script_a=$(
+		cat <<EOF
+echo E2E-BEGIN
+tr '\0' '\n' </proc/1/environ | sort
+/e2e-bin/unixlisten "\$$VHOST_ENV" &
+while [ ! -S "\$$VHOST_ENV" ]; do sleep 0.2; done
+ls -l "\$(dirname "\$$VHOST_ENV")"
+echo E2E-END
+trap 'exit 0' TERM
+while :; do sleep 1; done
+EOF
+	)
+	script_b=$(
+		cat <<EOF
+echo E2E-BEGIN
+tr '\0' '\n' </proc/1/environ | sort
+echo TREE:
+ls -lR $VHOST_CTR
+echo "SOCKETS:\$(find $VHOST_CTR -type s | paste -sd, -)"
+echo E2E-END
+trap 'exit 0' TERM
+while :; do sleep 1; done
+EOF
+	)
+	if ! run_vhost_pod s6a "$script_a"; then
+		fail $n "$POD_ERR"
+		delete_pod s6a || true
+		return
+	fi
+	local slot_a slot_b dir_a errs=()
+	slot_a=$(vhost_slot s6a)
+	dir_a=$VHOST_BASE/sriov-cdi.$VHOST_POOL.$slot_a
+	if [[ -z $slot_a ]]; then
+		errs+=("pod s6a has no $VHOST_ENV=$VHOST_CTR/<slot>/vhost.sock")
+	elif [[ ! -S $dir_a/vhost.sock ]]; then
+		errs+=("the socket pod s6a made is not at $dir_a/vhost.sock on the host: $(ls -la "$dir_a" 2>&1 | tr '\n' '|')")
+	fi
+	if [[ -n $slot_a && -d $WORK/devinfo ]]; then
+		local devinfo=$WORK/devinfo/$PREFIX-$VHOST_POOL-$slot_a-device.json
+		local want="{\"type\":\"vhost-user\",\"version\":\"1.1.0\",\"vhost-user\":{\"mode\":\"server\",\"path\":\"$VHOST_CTR/$slot_a/vhost.sock\"}}"
+		[[ $(cat "$devinfo" 2>&1) == "$want" ]] || errs+=("device-info $devinfo: $(cat "$devinfo" 2>&1), want $want")
+	fi
+	if ! run_vhost_pod s6b "$script_b"; then
+		errs+=("$POD_ERR")
+	else
+		local sockets
+		slot_b=$(vhost_slot s6b)
+		sockets=$(pod_log s6b | sed -n 's/^SOCKETS://p')
+		[[ -n $slot_b && $slot_b != "$slot_a" ]] || errs+=("pod s6b got slot '$slot_b', want the one s6a ('$slot_a') does not hold")
+		[[ -z $sockets ]] || errs+=("pod s6b sees sockets: $sockets")
+		[[ -z $slot_a || $(pod_log s6b | sed -n '/^TREE:/,/^SOCKETS:/p') != *"$slot_a"* ]] ||
+			errs+=("pod s6b sees s6a's slot $slot_a: $(pod_log s6b | sed -n '/^TREE:/,/^SOCKETS:/p' | tr '\n' '|')")
+	fi
+	delete_pod s6a || true
+	if [[ -n $slot_a ]] && ! wait_for 60 "s6a's directory to go" test ! -e "$dir_a"; then
+		errs+=("$dir_a still there 60 s after pod s6a was deleted")
+	fi
+	delete_pod s6b || true
+	if ((${#errs[@]})); then
+		pod_log s6a 2>/dev/null | sed 's/^/  s6a| /' >&2
+		pod_log s6b 2>/dev/null | sed 's/^/  s6b| /' >&2
+		fail $n "$(IFS=';'; echo "${errs[*]}")"
+	else
+		result PASS $n "pod s6a got $dir_a mounted at $VHOST_CTR/$slot_a and made its socket there (seen on the host); s6b got $slot_b and no socket of s6a; deleting s6a removed the directory"
+	fi
+}
+
 # ---------------------------------------------------------------------------
 
 main() {
@@ -594,7 +756,7 @@ main() {
 
 	NO_PRODUCT_REASON=
 	build_sriov_cdi
-	local all=(s1-single-device s2-two-pools s3-pool-exhausted s4-kubelet-restart s5a-annotation-without-nri s5b-nri-strips-annotation)
+	local all=(s1-single-device s2-two-pools s3-pool-exhausted s4-kubelet-restart s5a-annotation-without-nri s5b-nri-strips-annotation s6-vhost-user)
 	if [[ -z $SRIOV_CDI ]] || ! has_subcommand plugin --device-plugin-dir; then
 		local why=${NO_PRODUCT_REASON:-"sriov-cdi has no plugin subcommand yet"}
 		local s
@@ -626,6 +788,7 @@ main() {
 	s4_kubelet_restart
 	delete_pod s4 || true
 	s5_nri
+	s6_vhost_user
 	finish
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sriov-cdi/sriov-cdi/core/config"
 	"github.com/sriov-cdi/sriov-cdi/core/pool"
+	"github.com/sriov-cdi/sriov-cdi/core/vhostuser"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
@@ -109,6 +110,7 @@ func (r *report) writeTable(out io.Writer) error {
 					strings.Join(members, ","), numa(u.NUMANode), dash(strings.Join(u.Netdevs, ",")), health)
 			}
 		}
+		writeVhostUser(w, r.Pools)
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "Not handed out")
 		fmt.Fprintln(w, "ADDRESS\tMATCHED POOL\tREASON")
@@ -131,6 +133,38 @@ func (r *report) writeTable(out io.Writer) error {
 		}
 	}
 	return w.Flush()
+}
+
+// writeVhostUser lists, for vhost-user pools, where each slot's directory
+// is made on the host and where its socket appears in a container, and
+// whether the base directory is usable now.
+func writeVhostUser(w io.Writer, pools []pool.Pool) {
+	header := false
+	for _, p := range pools {
+		if p.Mode != config.ModeVhostUser || p.Config == nil || p.Config.VhostUser == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(w)
+			fmt.Fprintln(w, "vhost-user slots (directory made at Allocate, removed on release)")
+			fmt.Fprintln(w, "RESOURCE\tDEVICE\tHOST DIRECTORY\tCONTAINER SOCKET\tSOCKET MODE")
+			header = true
+		}
+		l := vhostuser.LayoutFor(p.Resource, p.Config)
+		for _, u := range p.Units {
+			a, err := l.Describe(string(u.ID))
+			if err != nil {
+				fmt.Fprintf(w, "%s\t%s\t%v\t\t\n", p.Resource, u.ID, err)
+				continue
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.Resource, u.ID, a.HostDir, a.ContainerSocket, l.SocketMode)
+		}
+		if d, err := vhostuser.New(l); err == nil {
+			if err := d.Check(); err != nil {
+				fmt.Fprintf(w, "WARNING: %s: %v\n", p.Resource, err)
+			}
+		}
+	}
 }
 
 func numa(n int) string {

@@ -169,3 +169,26 @@ func TestDiscoverKeepsBoundUnitsInTheirPool(t *testing.T) {
 		t.Errorf("with the plugin's record (-want +got)\n%s", diff)
 	}
 }
+
+// discover shows a vhost-user pool's slots with their directories, and
+// says when the base directory is missing.
+func TestDiscoverVhostUserSlots(t *testing.T) {
+	base := filepath.Join(t.TempDir(), "vhu")
+	cfg := writeFile(t, "c.yaml", "pools: [{name: vhu, mode: vhost-user, vhostUser: {count: 2, baseDir: "+base+", numaNode: 0}}]")
+	out, _, err := run(t, "discover", "--sample", "--config", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"sriov-cdi.io/vhu  vhost-user  slot-0", "sriov-cdi.io/vhu  vhost-user  slot-1",
+		"sriov-cdi.io/vhu  slot-1  " + base + "/sriov-cdi.vhu.slot-1  /var/run/vhost-user/slot-1/vhost.sock  server",
+		"WARNING: sriov-cdi.io/vhu: vhost-user base directory unusable: \"" + base + `" does not exist`,
+	} {
+		if !strings.Contains(strings.Join(strings.Fields(out), " "), strings.Join(strings.Fields(want), " ")) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "vhost-user  slot-2") {
+		t.Errorf("more slots than count:\n%s", out)
+	}
+}

@@ -14,7 +14,7 @@ func TestReferenceCoversEveryField(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, typ := range []reflect.Type{reflect.TypeFor[Config](), reflect.TypeFor[Pool](), reflect.TypeFor[Selector]()} {
+	for _, typ := range []reflect.Type{reflect.TypeFor[Config](), reflect.TypeFor[Pool](), reflect.TypeFor[Selector](), reflect.TypeFor[VhostUser]()} {
 		for f := range typ.Fields() {
 			tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 			if tag == "" || tag == "-" {

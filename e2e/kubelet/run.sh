@@ -279,6 +279,7 @@ EOF
 		--state-file "$WORK/plugin/state.json" \
 		--sysfs-root "$FIX/sys" --dev-root "$FIX/dev" \
 		--health-addr 127.0.0.1:0 --log-level debug \
+		--pod-resources-socket "$WORK/kubelet/pod-resources/kubelet.sock" \
 		--release-poll 1s --release-grace 5s --release-lists 2 --release-span 2s --release-settle 5s \
 		"${extra[@]}" >"$WORK/logs/plugin.log" 2>&1 &
 	PLUGIN_PID=$!
@@ -720,14 +721,15 @@ EOF
 		[[ -z $slot_a || $(pod_log s6b | sed -n '/^TREE:/,/^SOCKETS:/p') != *"$slot_a"* ]] ||
 			errs+=("pod s6b sees s6a's slot $slot_a: $(pod_log s6b | sed -n '/^TREE:/,/^SOCKETS:/p' | tr '\n' '|')")
 	fi
+	LOG_A=$(pod_log s6a || true) LOG_B=$(pod_log s6b || true) # the logs go with the pods
 	delete_pod s6a || true
 	if [[ -n $slot_a ]] && ! wait_for 60 "s6a's directory to go" test ! -e "$dir_a"; then
 		errs+=("$dir_a still there 60 s after pod s6a was deleted")
 	fi
 	delete_pod s6b || true
 	if ((${#errs[@]})); then
-		pod_log s6a 2>/dev/null | sed 's/^/  s6a| /' >&2
-		pod_log s6b 2>/dev/null | sed 's/^/  s6b| /' >&2
+		echo "$LOG_A" | sed 's/^/  s6a| /' >&2
+		echo "$LOG_B" | sed 's/^/  s6b| /' >&2
 		fail $n "$(IFS=';'; echo "${errs[*]}")"
 	else
 		result PASS $n "pod s6a got $dir_a mounted at $VHOST_CTR/$slot_a and made its socket there (seen on the host); s6b got $slot_b and no socket of s6a; deleting s6a removed the directory"

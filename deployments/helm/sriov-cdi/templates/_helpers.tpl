@@ -46,3 +46,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "sriov-cdi.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
+
+{{/*
+The base directories of vhost-user pools, as a JSON list: hostPaths.vhostUser plus
+vhostUser.baseDir of every pool in `config` (when configFile is empty), each once.
+*/}}
+{{- define "sriov-cdi.vhostUserDirs" -}}
+{{- $dirs := list -}}
+{{- range .Values.hostPaths.vhostUser -}}
+{{- $dirs = append $dirs . -}}
+{{- end -}}
+{{- if and (not .Values.configFile) .Values.config -}}
+{{- range .Values.config.pools -}}
+{{- if and (kindIs "map" .) (hasKey . "vhostUser") .vhostUser -}}
+{{- if .vhostUser.baseDir -}}
+{{- $dirs = append $dirs .vhostUser.baseDir -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $dirs | uniq | toJson -}}
+{{- end -}}

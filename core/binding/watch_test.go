@@ -105,3 +105,19 @@ func TestWatcherKeepsPoolsWithoutRestoreOnRelease(t *testing.T) {
 		t.Errorf("(-want +got)\n%s", diff)
 	}
 }
+
+// AssignedDevices keeps PCI addresses and vhost-user slot IDs, and leaves
+// out other plugins' IDs.
+func TestAssignedDevicesKeepsSlots(t *testing.T) {
+	resp := &podresourcesv1.ListPodResourcesResponse{PodResources: []*podresourcesv1.PodResources{{
+		Containers: []*podresourcesv1.ContainerResources{{Devices: []*podresourcesv1.ContainerDevices{
+			{ResourceName: "example.com/vf", DeviceIds: []string{"0000:3B:02.1", "gpu-7"}},
+			{ResourceName: "example.com/vhu", DeviceIds: []string{"slot-3", "slot-03", "slot-x"}},
+		}}},
+	}}}
+	got := AssignedDevices(resp)
+	want := map[string]map[sysfs.Address]bool{"example.com/vf": {"0000:3b:02.1": true}, "example.com/vhu": {"slot-3": true}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("AssignedDevices (-want +got):\n%s", diff)
+	}
+}

@@ -43,7 +43,7 @@ KDEVS=(0000:02:00.1 0000:02:00.2)
 VPOOL=vf # vfio pool: 0000:01:00.2 (group 8, vfio-pci); grown in s2
 MPOOL=misc # kernel pool from s2 on: 0000:00:03.0 (virtio-pci); 00:1f.2, 00:1f.3 have no driver: unhealthy
 BPOOL=bulk # kernel pool from s2 on: the VFs of the synthetic PF 0000:03:00.0 (e2e/cluster/fixture)
-BULK_VFS=21 # its VFs (nvme driver): s5's rounds are 2 + 1 + 21 = 24 pods
+BULK_VFS=47 # its VFs (nvme driver): s5's rounds are 2 + 1 + 47 = 50 pods, 4 rounds = 200 cycles
 ETCD_PORT=23790
 APISERVER_PORT=6443
 DP_DIR=/var/lib/kubelet/device-plugins # fixed in kubelet, the chart's default
@@ -475,10 +475,22 @@ api() {
 		"https://127.0.0.1:$APISERVER_PORT$1"
 }
 
-api_delete() { # api_delete PATH: DELETE on the API server (a collection: with a labelSelector)
-	curl -sf --max-time 30 -X DELETE --cacert "$WORK/pki/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
-		"https://127.0.0.1:$APISERVER_PORT$1" >/dev/null
+# api_delete_pods NAME...: delete those pods of the default namespace, all in one curl, in
+# parallel (a delete-collection call deletes one pod after the other); fails unless
+# every answer is 200 OK (API_ERR: the answers).
+api_delete_pods() {
+	local n args=() codes
+	for n in "$@"; do
+		((${#args[@]} == 0)) || args+=(--next)
+		args+=(-s --max-time 60 --cacert "$WORK/pki/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN"
+			-X DELETE -o /dev/null -w '%{http_code}\n' "https://127.0.0.1:$APISERVER_PORT/api/v1/namespaces/default/pods/$n")
+	done
+	codes=$(curl -Z -s "${args[@]}" 2>/dev/null) || true
+	API_ERR=$(sort <<<"$codes" | uniq -c | tr -s ' \n' ' ')
+	[[ $(grep -c '^200$' <<<"$codes") == "$#" ]]
 }
+
+no_pods() { [[ $(api /api/v1/namespaces/default/pods | jq '.items | length') == 0 ]]; }
 
 # api_create PATH FILE...: POST each YAML file to PATH, all in one curl, in parallel;
 # fails unless every answer is 201 Created (API_ERR: the answers).
@@ -794,17 +806,17 @@ registered_again() {
 # kernel pools, in rounds that ask for every healthy kernel device at once, one pod
 # each (nvme: 2, misc: 1, bulk: $BULK_VFS): a round's pods are created at once and
 # deleted, not waited for, with one label-selector delete when the next round starts
-# (the new pods wait for the devices). Before that delete, while
-# the round's pods hold every device, at random from a fixed seed, kubelet restarts or
-# the plugin is killed (SIGKILL of the plugin process: the container restarts): one
-# draw in five per three cycles of the round, the odds per cycle of rounds of three
-# pods (the same draws). Checked: kubelet never assigns a device
-# twice (its checkpoint, what PodResources answers from; after every round), after
-# every restart allocatable equals the healthy devices within 10 s, and at the end no
-# CDI spec or device-info file is left beyond what the pools need.
+# (the new pods wait for the devices). Once a round's pods run, while they hold every
+# device, at random from a fixed seed, kubelet restarts or the plugin is killed
+# (SIGKILL of the plugin process: the container restarts): one draw in five per three
+# cycles of the round, the odds per cycle of rounds of three pods (the same draws: 6
+# restarts and 7 kills). Checked: kubelet never assigns a device twice (its checkpoint,
+# what PodResources answers from; after every round and after the last restarts),
+# after every restart allocatable equals the healthy devices within 10 s, and at the
+# end no CDI spec or device-info file is left beyond what the pools need.
 s5_chaos() {
 	local n=s5-chaos cycles=${E2E_CHAOS_CYCLES:-200} errs=() kills=0 restarts=0 admitted=0 refused=0 slow=0 t
-	local ask=("$KRES" "$KRES" "$MRES") round=0 i=0 d r tr td tc tmpl
+	local ask=("$KRES" "$KRES" "$MRES") round=0 i=0 d r tr tc ts tmpl names=()
 	for ((d = 0; d < BULK_VFS; d++)); do ask+=("$BRES"); done
 	# Host network: these pods are about devices, and CNI's veth and IPAM per pod
 	# would double a round on a busy host (s1 checks the pod network).
@@ -820,40 +832,41 @@ s5_chaos() {
 	while ((i < cycles)); do
 		round=$((round + 1))
 		tr=$SECONDS
-		# Restarts while the previous round's pods hold every device.
-		for ((d = 0; d < ${#ask[@]}; d += 3)); do
-			((RANDOM % 5 == 0)) || continue
-			chaos_disrupt "$round" || break 2
-		done
-		# The previous round's pods go, in one delete-collection call (not waited for:
-		# the new ones wait for the devices).
-		td=$SECONDS
-		((round == 1)) || api_delete "/api/v1/namespaces/default/pods?labelSelector=e2e-chaos-round%3D$((round - 1))" ||
-			errs+=("round $round: deleting the pods of round $((round - 1)) failed")
+		# The previous round's pods go, at once (not waited for: the new ones wait for
+		# the devices).
+		((${#names[@]} == 0)) || api_delete_pods "${names[@]}" ||
+			errs+=("round $round: deleting the pods of round $((round - 1)) failed: $API_ERR")
 		# The round's pods, created at once (one curl, the POSTs in parallel).
 		local y files=()
+		names=()
 		for r in "${ask[@]}"; do
 			i=$((i + 1))
+			names+=("chaos-$i")
 			y=${tmpl//@NAME@/chaos-$i}
 			y=${y//@ROUND@/$round}
 			printf '%s\n' "${y//@RESOURCE@/$r}" >"$WORK/chaos/$i.yaml"
 			files+=("$WORK/chaos/$i.yaml")
 		done
-		tc=$SECONDS
 		api_create /api/v1/namespaces/default/pods "${files[@]}" || { errs+=("round $round: creating its pods failed: $API_ERR"); break; }
-		tc=$((SECONDS - tc))
-		if ! wait_for 180 "the pods of round $round to settle" round_settled "$round" "${#ask[@]}"; then
-			errs+=("round $round: pods did not settle within 180 s: $(round_unsettled "$round")")
+		tc=$((SECONDS - tr))
+		if ! wait_for 300 "the pods of round $round to settle" round_settled "$round" "${#ask[@]}"; then
+			errs+=("round $round: pods did not settle within 300 s: $(round_unsettled "$round")")
 			break
 		fi
 		admitted=$((admitted + ROUND_RAN))
 		refused=$((refused + ROUND_REFUSED))
-		log "s5 round $round: $ROUND_RAN pods ran, $ROUND_REFUSED refused, $((SECONDS - tr))s (restarts and kills $((td - tr))s, create ${tc}s, until settled $((SECONDS - td - tc))s)"
-		local dup
-		dup=$(assigned_devices | sort | uniq -d | paste -sd,)
-		[[ -z $dup ]] || { errs+=("round $round: kubelet assigned $dup twice"); break; }
+		ts=$SECONDS
+		chaos_no_dup "round $round" || break
+		# Restarts and kills while the round's pods hold every device.
+		for ((d = 0; d < ${#ask[@]}; d += 3)); do
+			((RANDOM % 5 == 0)) || continue
+			chaos_disrupt "$round" || break 2
+		done
+		log "s5 round $round: $ROUND_RAN pods ran, $ROUND_REFUSED refused, $((SECONDS - tr))s (delete and create ${tc}s, until settled $((ts - tr - tc))s, restarts and kills $((SECONDS - ts))s)"
 	done
-	k delete pod --all -n default --wait=true --timeout 120s >/dev/null 2>&1 || true
+	((${#errs[@]})) || chaos_no_dup "after the last restarts" || true
+	((${#names[@]} == 0)) || api_delete_pods "${names[@]}" || errs+=("deleting the pods of the last round failed: $API_ERR")
+	wait_for 180 "the pods to go" no_pods || errs+=("pods left 180 s after the last round's delete: $(api /api/v1/namespaces/default/pods | jq -r '[.items[].metadata.name] | .[:5] | join(" ")')")
 	((slow == 0)) || errs+=("allocatable took more than 10 s to come back after $slow of $((kills + restarts)) restarts")
 	local specs
 	specs=$(ours "$CDI_DIR"/sriov-cdi_* | wc -w)
@@ -867,6 +880,13 @@ s5_chaos() {
 		result PASS $n "$((admitted + refused)) cycles (E2E_CHAOS_CYCLES=$cycles, $round rounds of ${#ask[@]} pods) in $((SECONDS - t))s: $admitted pods ran, $refused refused at admission, $restarts kubelet restarts, $kills plugin kills; no device assigned twice, allocatable back within 10 s every time, $specs CDI specs (one per pool), no device-info file"
 	fi
 	return 0
+}
+
+# chaos_no_dup WHEN: kubelet's checkpoint has no device twice (else an error of s5_chaos's).
+chaos_no_dup() {
+	local dup
+	dup=$(assigned_devices | sort | uniq -d | paste -sd,)
+	[[ -z $dup ]] || { errs+=("$1: kubelet assigned $dup twice"); return 1; }
 }
 
 # chaos_disrupt ROUND: a kubelet restart or a plugin kill (RANDOM picks), then
@@ -893,7 +913,7 @@ chaos_disrupt() {
 		errs+=("round $1: allocatable $KRES=$(allocatable "$KRES") $MRES=$(allocatable "$MRES") $BRES=$(allocatable "$BRES") 120 s after the $what, want 2, 1 and $BULK_VFS")
 		return 1
 	fi
-	log "s5 before round $1: $what, allocatable back after $((SECONDS - t1))s"
+	log "s5 round $1: $what, allocatable back after $((SECONDS - t1))s"
 	((SECONDS - t1 <= 10)) || slow=$((slow + 1))
 }
 

@@ -15,7 +15,7 @@ import (
 const (
 	macA = "52:54:00:e2:e0:0a" // ACS port: kernel pool by pfNames, vfio pool by drivers, release
 	macB = "52:54:00:e2:e0:0b" // ACS port: host-use interlock, link health, sriov_numvfs
-	macC = "52:54:00:e2:e0:0c" // disable-acs=on: port + PF + VFs in one group
+	macC = "52:54:00:e2:e0:0c" // disable-acs=on: port + PF + VFs in one group; soft-RoCE on its VFs
 
 	nicVFsA = 7
 	nicVFsB = 2
@@ -192,6 +192,7 @@ func nicScenarios(h *harness) []scenario {
 		{name: "nic-health-pf-link", run: h.nicHealthPFLink},
 		{name: "nic-refuse-shared-group", run: h.nicRefuseShared},
 		{name: "nic-numvfs", timeout: 240 * time.Second, run: h.nicNumVFs},
+		{name: "nic-rdma", run: h.nicRDMA},
 		{name: "nic-release", timeout: 420 * time.Second, run: h.nicRelease},
 		{name: "kernel-log-clean", run: h.kernelLogClean},
 	}

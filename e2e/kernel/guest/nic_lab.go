@@ -143,8 +143,9 @@ func newNicLab() (*nicLab, error) {
 	}
 	emit("  lab: nicA %s %s, nicB %s %s, nicC %s %s (igb %s:%s totalvfs=%s)", l.pfA, l.netA, l.pfB, l.netB, l.pfC, l.netC,
 		attr(l.pfA, "vendor"), attr(l.pfA, "device"), attr(l.pfA, "sriov_totalvfs"))
-	// Kernel-pool VFs are healthy only while their PF's link is up.
-	for _, nd := range []string{l.netA, l.netB} {
+	// Kernel-pool VFs are healthy only while their PF's link is up (nicC:
+	// nic-rdma's kernel pool; its group refusal does not depend on it).
+	for _, nd := range []string{l.netA, l.netB, l.netC} {
 		if r := run(20*time.Second, nil, "ip", "link", "set", nd, "up"); r.err != nil {
 			return nil, fmt.Errorf("ip link set %s up: %s", nd, r)
 		}

@@ -15,7 +15,9 @@ import (
 
 // relevantUevent reports whether a kernel uevent can change what a pool
 // advertises: PCI functions appearing or going (sriov_numvfs), driver
-// binds and unbinds, VFIO group nodes, netdev link changes. It returns the
+// binds and unbinds, VFIO group nodes, netdev link changes, RDMA devices
+// and their char devices (an RDMA driver on a function; a soft-RoCE link
+// added or deleted, whose virtual path names no function). It returns the
 // PCI function the event concerns ("" when the path names none: rescan
 // everything) and a short description for logs.
 func relevantUevent(msg []byte) (bool, sysfs.Address, string) {
@@ -34,7 +36,7 @@ func relevantUevent(msg []byte) (bool, sysfs.Address, string) {
 		}
 	}
 	switch subsystem {
-	case "pci", "vfio", "vfio-dev", "net", "iommu":
+	case "pci", "vfio", "vfio-dev", "net", "iommu", "infiniband", "infiniband_verbs", "infiniband_mad":
 		_, devpath, _ := strings.Cut(header, "@")
 		return true, lastPCIAddress(devpath), fmt.Sprintf("uevent %s %s (%s)", action, subsystem, header)
 	}

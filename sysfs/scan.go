@@ -156,6 +156,13 @@ func newScanner(root Root, opts []ScanOption) *scanner {
 			s.rdmaNodes[n] = true
 		}
 	}
+	// Read alongside the functions; readDevice waits for it only when it
+	// attaches virtual RDMA devices to a function's netdevs.
+	s.virtualDone = make(chan struct{})
+	go func() {
+		defer close(s.virtualDone)
+		s.virtualRDMA = s.readVirtualRDMA()
+	}()
 	return s
 }
 
@@ -199,6 +206,11 @@ type scanner struct {
 	vfioGroups  map[string]bool
 	vfioDevices map[string]bool // names under /dev/vfio/devices
 	rdmaNodes   map[string]bool // names under /dev/infiniband
+	// virtualRDMA are the virtual RDMA devices (soft-RoCE) by the netdev
+	// they are bound to, read once per scan; set before virtualDone is
+	// closed, read-only afterwards.
+	virtualRDMA map[string][]RDMADevice
+	virtualDone chan struct{}
 }
 
 // finish sets what the scan reads once for the whole host.
@@ -319,6 +331,14 @@ func (s *scanner) readDevice(name string, buf []byte) (*Device, []Warning) {
 	// char device directories are read only behind it.
 	if ibdevs, err := readDirNamesAt(dfd, "infiniband"); err == nil && len(ibdevs) > 0 {
 		d.RDMA = s.readRDMA(dfd, dir, ibdevs, buf, warn)
+	}
+	// Then the virtual ones bound to its netdevs (a netdev that went with
+	// its driver takes its soft-RoCE device along).
+	if len(d.Netdevs) > 0 {
+		<-s.virtualDone
+		for _, n := range d.Netdevs {
+			d.RDMA = append(d.RDMA, s.virtualRDMA[n.Name]...)
+		}
 	}
 	return d, warns
 }

@@ -314,3 +314,31 @@ func BenchmarkScan(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkScanSoftRoCE is BenchmarkScan's 8 x 128 host with a soft-RoCE
+// device on every VF netdev (1,024 virtual RDMA devices with uverbs, umad
+// and issm each, numbered against the ibdev order): the cost of reading
+// /sys/class/infiniband and the char device classes once per scan.
+func BenchmarkScanSoftRoCE(b *testing.B) {
+	const pfs, vfs = 8, 128
+	dir := b.TempDir()
+	bld := sysfstest.SRIOVNICHost(dir, pfs, vfs)
+	for i := range pfs * vfs {
+		bld.SoftRoCE = append(bld.SoftRoCE, sysfstest.SoftRoCE{
+			Name: fmt.Sprintf("rxe%d", i), Netdev: fmt.Sprintf("ens%df0v%d", i/vfs, i%vfs), Verbs: pfs*vfs - 1 - i, MAD: pfs*vfs - 1 - i})
+	}
+	if err := bld.Write(); err != nil {
+		b.Fatal(err)
+	}
+	root := sysfs.Root{Sys: bld.Sys(), Dev: bld.Dev()}
+	b.ReportAllocs()
+	for b.Loop() {
+		h, err := sysfs.Scan(root)
+		if err != nil || len(h.Devices) != 1+pfs*(vfs+2) {
+			b.Fatalf("scan: %v, %d devices", err, len(h.Devices))
+		}
+		if r := h.Device("0000:08:10.0").RDMA; len(r) != 1 || len(r[0].Nodes) != 3 {
+			b.Fatalf("last VF: RDMA %v, want one device with 3 nodes", r)
+		}
+	}
+}

@@ -107,8 +107,10 @@ type Pool struct {
 	// RDMA also injects each function's RDMA character devices
 	// (/dev/infiniband/uverbsN, umadN, issmN, and rdma_cm where the host
 	// has it) and reports the RDMA device (the SR-IOV network device
-	// plugin's isRdma). Functions without an RDMA device stay out of the
-	// pool. Kernel pools only.
+	// plugin's isRdma): one registered on the function (mlx5_ib) or a
+	// soft-RoCE device bound to one of its netdevs. Functions without an
+	// RDMA device stay in the pool, unhealthy with the reason. Kernel
+	// pools only.
 	RDMA bool `json:"rdma,omitempty"`
 	// VhostUser configures a vhost-user pool (mode: vhost-user), which has
 	// no selectors.

@@ -336,7 +336,7 @@ func kernelHealth(d *sysfs.Device, h *sysfs.Host, wasUp LinkHistory) (bool, stri
 // start (the runtime reads each node from the host).
 func rdmaHealth(d *sysfs.Device) (bool, string) {
 	if len(d.RDMA) == 0 {
-		return false, "no RDMA device on the function (load its RDMA driver, e.g. mlx5_ib; a device rdma-cni moved into a pod's network namespace is not seen either)"
+		return false, "no RDMA device on the function (load its RDMA driver, e.g. mlx5_ib, or add a soft-RoCE link on its netdev: rdma link add rxe0 type rxe netdev <netdev>; a device rdma-cni moved into a pod's network namespace is not seen either)"
 	}
 	for _, r := range d.RDMA {
 		if len(r.Missing) > 0 {

@@ -64,12 +64,36 @@ type RDMA struct {
 	NoNodes bool
 }
 
+// SoftRoCE is a virtual RDMA device bound to a netdev (rdma_rxe, `rdma
+// link add <Name> type rxe netdev <Netdev>`), written as a 6.1 kernel shows
+// it (checked in the e2e-nic lab): /sys/devices/virtual/infiniband/<Name>
+// with parent (the netdev name), node_type, ports/1/{state,link_layer,
+// gid_attrs/ndevs/0} and no device link; the class link in
+// class/infiniband; its char devices under /sys/devices/virtual/
+// infiniband_verbs/uverbs<Verbs> and .../infiniband_mad/{umad,issm}<MAD>
+// (ibdev, dev; port for MAD) with class links; the nodes in
+// /dev/infiniband. The kernel numbers char devices in registration order,
+// not after the ibdev: rxe7 may own uverbs0.
+type SoftRoCE struct {
+	Name   string // ibdev, e.g. "rxe0"
+	Netdev string // the netdev it is bound to
+	Verbs  int    // N of uverbsN; -1 for none (ib_uverbs not loaded)
+	MAD    int    // N of umadN and issmN; -1 for none (ib_umad not loaded)
+	// NoParent leaves out rxe's parent attribute (another driver's virtual
+	// RDMA device): the netdev is then only in gid_attrs/ndevs/0.
+	NoParent bool
+	// NoNodes leaves the /dev/infiniband nodes out (sysfs only).
+	NoNodes bool
+}
+
 // Builder accumulates functions and writes them under Dir.
 type Builder struct {
 	Dir   string // the fixture root; the tree is Dir/sys and Dir/dev
 	funcs map[string]*Function
 	// RDMACM writes /dev/infiniband/rdma_cm (rdma_ucm loaded).
 	RDMACM bool
+	// SoftRoCE devices to write.
+	SoftRoCE []SoftRoCE
 }
 
 // New returns a builder for a tree rooted at dir.
@@ -134,13 +158,110 @@ func (b *Builder) Write() error {
 		addrs = append(addrs, a)
 	}
 	sort.Strings(addrs)
+	rdma := len(b.SoftRoCE) > 0
 	for _, a := range addrs {
 		b.writeFunction(w, b.funcs[a])
 		if w.err != nil {
 			return w.err
 		}
+		rdma = rdma || len(b.funcs[a].RDMA) > 0
+	}
+	if rdma {
+		writeRDMAClasses(w)
+	}
+	for _, r := range b.SoftRoCE {
+		writeSoftRoCE(w, r)
 	}
 	return w.err
+}
+
+// writeRDMAClasses writes what the RDMA core and its char device modules
+// put in their class directories besides the device links: each class
+// holds an abi_version file.
+func writeRDMAClasses(w *writer) {
+	w.mkdir("class/infiniband")
+	w.file("class/infiniband_verbs/abi_version", "6", 0o444)
+	w.file("class/infiniband_mad/abi_version", "5", 0o444)
+}
+
+// WriteSoftRoCE adds a soft-RoCE device to a written tree, as `rdma link
+// add` does on a live kernel.
+func WriteSoftRoCE(dir string, r SoftRoCE) error {
+	w := &writer{sys: filepath.Join(dir, "sys")}
+	writeRDMAClasses(w)
+	writeSoftRoCE(w, r)
+	return w.err
+}
+
+// RemoveSoftRoCE removes a soft-RoCE device from a written tree, as the
+// kernel does on `rdma link delete` or when its netdev goes away: the
+// device, its char devices with their class links, and their nodes.
+func RemoveSoftRoCE(dir, name string) error {
+	sys := filepath.Join(dir, "sys")
+	for _, class := range []string{"infiniband_verbs", "infiniband_mad"} {
+		ents, err := os.ReadDir(filepath.Join(sys, "devices/virtual", class))
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			ib, err := os.ReadFile(filepath.Join(sys, "devices/virtual", class, e.Name(), "ibdev"))
+			if err != nil || strings.TrimSpace(string(ib)) != name {
+				continue
+			}
+			for _, p := range []string{filepath.Join(sys, "class", class, e.Name()), filepath.Join(dir, "dev", "infiniband", e.Name())} {
+				if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+					return err
+				}
+			}
+			if err := os.RemoveAll(filepath.Join(sys, "devices/virtual", class, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.Remove(filepath.Join(sys, "class/infiniband", name)); err != nil {
+		return fmt.Errorf("remove soft-RoCE device %q: %w", name, err)
+	}
+	return os.RemoveAll(filepath.Join(sys, "devices/virtual/infiniband", name))
+}
+
+func writeSoftRoCE(w *writer, r SoftRoCE) {
+	ib := filepath.Join("devices/virtual/infiniband", r.Name)
+	if !r.NoParent {
+		w.file(filepath.Join(ib, "parent"), r.Netdev, 0o444)
+	}
+	w.file(filepath.Join(ib, "node_type"), "1: CA", 0o444)
+	w.file(filepath.Join(ib, "uevent"), "NAME="+r.Name, 0o644)
+	port := filepath.Join(ib, "ports", "1")
+	w.file(filepath.Join(port, "state"), "1: DOWN", 0o444)
+	w.file(filepath.Join(port, "link_layer"), "Ethernet", 0o444)
+	// GID 0 is the netdev's link-local GID; the kernel lists every index
+	// up to the table size, the unused ones unreadable (EINVAL).
+	w.file(filepath.Join(port, "gid_attrs", "ndevs", "0"), r.Netdev, 0o444)
+	w.file(filepath.Join(port, "gid_attrs", "ndevs", "1"), "", 0o000)
+	w.link(filepath.Join(ib, "subsystem"), "class/infiniband")
+	w.link(filepath.Join("class/infiniband", r.Name), ib)
+	char := func(class, name string, minor int, extra map[string]string) {
+		d := filepath.Join("devices/virtual", class, name)
+		w.file(filepath.Join(d, "dev"), fmt.Sprintf("%d:%d", ibMajor, minor), 0o444)
+		w.file(filepath.Join(d, "ibdev"), r.Name, 0o444)
+		w.file(filepath.Join(d, "uevent"), fmt.Sprintf("MAJOR=%d\nMINOR=%d\nDEVNAME=infiniband/%s", ibMajor, minor, name), 0o644)
+		for k, v := range extra {
+			w.file(filepath.Join(d, k), v, 0o444)
+		}
+		w.link(filepath.Join(d, "subsystem"), filepath.Join("class", class))
+		w.link(filepath.Join("class", class, name), d)
+		if !r.NoNodes {
+			w.file(filepath.Join(rdmaNodeDevMount, name), "", 0o666)
+		}
+	}
+	if r.Verbs >= 0 {
+		char("infiniband_verbs", "uverbs"+strconv.Itoa(r.Verbs), uverbsMinor+r.Verbs, map[string]string{"abi_version": "1"})
+	}
+	if r.MAD >= 0 {
+		port := map[string]string{"port": "1"}
+		char("infiniband_mad", "umad"+strconv.Itoa(r.MAD), umadMinor+r.MAD, port)
+		char("infiniband_mad", "issm"+strconv.Itoa(r.MAD), issmMinor+r.MAD, port)
+	}
 }
 
 func (b *Builder) writeFunction(w *writer, f *Function) {

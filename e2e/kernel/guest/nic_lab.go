@@ -15,7 +15,7 @@ import (
 const (
 	macA = "52:54:00:e2:e0:0a" // ACS port: kernel pool by pfNames, vfio pool by drivers, release
 	macB = "52:54:00:e2:e0:0b" // ACS port: host-use interlock, link health, sriov_numvfs
-	macC = "52:54:00:e2:e0:0c" // disable-acs=on: port + PF + VFs in one group
+	macC = "52:54:00:e2:e0:0c" // disable-acs=on: port + PF + VFs in one group; soft-RoCE on its VFs
 
 	nicVFsA = 7
 	nicVFsB = 2
@@ -143,8 +143,9 @@ func newNicLab() (*nicLab, error) {
 	}
 	emit("  lab: nicA %s %s, nicB %s %s, nicC %s %s (igb %s:%s totalvfs=%s)", l.pfA, l.netA, l.pfB, l.netB, l.pfC, l.netC,
 		attr(l.pfA, "vendor"), attr(l.pfA, "device"), attr(l.pfA, "sriov_totalvfs"))
-	// Kernel-pool VFs are healthy only while their PF's link is up.
-	for _, nd := range []string{l.netA, l.netB} {
+	// Kernel-pool VFs are healthy only while their PF's link is up (nicC:
+	// nic-rdma's kernel pool; its group refusal does not depend on it).
+	for _, nd := range []string{l.netA, l.netB, l.netC} {
 		if r := run(20*time.Second, nil, "ip", "link", "set", nd, "up"); r.err != nil {
 			return nil, fmt.Errorf("ip link set %s up: %s", nd, r)
 		}
@@ -192,6 +193,7 @@ func nicScenarios(h *harness) []scenario {
 		{name: "nic-health-pf-link", run: h.nicHealthPFLink},
 		{name: "nic-refuse-shared-group", run: h.nicRefuseShared},
 		{name: "nic-numvfs", timeout: 240 * time.Second, run: h.nicNumVFs},
+		{name: "nic-rdma", run: h.nicRDMA},
 		{name: "nic-release", timeout: 420 * time.Second, run: h.nicRelease},
 		{name: "kernel-log-clean", run: h.kernelLogClean},
 	}

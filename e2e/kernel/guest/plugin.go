@@ -28,6 +28,8 @@ type pool struct {
 	// allowUnbindFrom: drivers a vfio pool may take a VF from. The
 	// product's default list leaves out storage drivers such as nvme.
 	allowUnbindFrom []string
+	// rdma: a kernel pool that injects the functions' RDMA devices.
+	rdma bool
 }
 
 const resourcePrefix = "sriov-cdi.io"
@@ -49,6 +51,9 @@ func configYAML(pools ...pool) string {
 		fmt.Fprintf(&b, "- name: %s\n  mode: %s\n", p.name, p.mode)
 		if p.restoreOnRelease {
 			b.WriteString("  restoreOnRelease: true\n")
+		}
+		if p.rdma {
+			b.WriteString("  rdma: true\n")
 		}
 		if len(p.allowUnbindFrom) > 0 {
 			fmt.Fprintf(&b, "  allowUnbindFrom: %s\n", yamlList(p.allowUnbindFrom))

@@ -44,6 +44,7 @@ var enums = map[reflect.Type][]string{
 	reflect.TypeFor[config.Mode]():   {string(config.ModeVFIO), string(config.ModeKernel)},
 	reflect.TypeFor[config.BindAt](): {string(config.BindAtAllocate), string(config.BindAtStartup)},
 	reflect.TypeFor[config.Policy](): {string(config.PolicySpread), string(config.PolicyPack)},
+	reflect.TypeFor[config.API]():    {string(config.APIDevicePlugin), string(config.APIDRA)},
 }
 
 // patterns constrains string list items by JSON path (Type.field), where a

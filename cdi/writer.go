@@ -18,6 +18,7 @@ import (
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
+	"github.com/sriov-cdi/sriov-cdi/core/config"
 	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
@@ -346,9 +347,16 @@ type PlanSyncer struct {
 	Root sysfs.Root
 }
 
-// Sync implements the plugin's SpecSyncer.
+// Sync implements the plugin's SpecSyncer. Pools with api: dra get no
+// pool-wide spec: the DRA driver writes one spec per prepared claim.
 func (s PlanSyncer) Sync(plan *pool.Plan, h *sysfs.Host) error {
-	specs, err := SpecsFor(plan.Pools, h, s.Root)
+	pools := make([]pool.Pool, 0, len(plan.Pools))
+	for _, p := range plan.Pools {
+		if p.Config == nil || p.Config.API != config.APIDRA {
+			pools = append(pools, p)
+		}
+	}
+	specs, err := SpecsFor(pools, h, s.Root)
 	if err != nil {
 		return err
 	}

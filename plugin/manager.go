@@ -33,6 +33,17 @@ type SpecSyncer interface {
 	Sync(plan *pool.Plan, h *sysfs.Host) error
 }
 
+// DRAPublisher is the DRA front door as the Manager sees it: it receives
+// every new plan (and the host it was built from) and publishes the pools
+// with api: dra, which the Manager never serves as device plugin
+// endpoints. Publish is called with the plan lock held and must not block.
+type DRAPublisher interface {
+	Publish(plan *pool.Plan, h *sysfs.Host)
+	// Ready reports whether the DRA driver is registered with kubelet and
+	// its slices are published.
+	Ready() bool
+}
+
 // Options configure a Manager.
 type Options struct {
 	ConfigPath      string     // pool configuration file, watched for changes
@@ -74,7 +85,10 @@ type Options struct {
 	// so that a unit stays in its pool while binding changes what the
 	// selectors read (driver, netdevs); nil: none (no vfio binding).
 	Holdings Holdings
-	Log      *zap.Logger
+	// DRA publishes the pools with api: dra; nil: a config with such pools
+	// is refused at start (and their pools are not served after a reload).
+	DRA DRAPublisher
+	Log *zap.Logger
 }
 
 // Holdings is the part of the binding manager the planner reads.
@@ -166,6 +180,9 @@ func NewManager(opts Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.DRA == nil && cfg.DRAPools() {
+		return nil, fmt.Errorf("config %q has pools with api: dra, but the DRA driver is not running (it needs the API server: --kubeconfig or in-cluster, and --node-name)", opts.ConfigPath)
+	}
 	return &Manager{opts: opts, log: opts.Log, cfg: cfg, cfgBytes: b, endpoints: map[string]*managed{}, kick: make(chan trigger, 1024),
 		releases: releases{rule: opts.Release.Rule}}, nil
 }
@@ -188,7 +205,7 @@ func (m *Manager) TriggerDevice(reason string, addr sysfs.Address) {
 func (m *Manager) Ready() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if len(m.endpoints) == 0 {
+	if len(m.endpoints) == 0 && m.opts.DRA == nil {
 		return false
 	}
 	for _, e := range m.endpoints {
@@ -196,7 +213,7 @@ func (m *Manager) Ready() bool {
 			return false
 		}
 	}
-	return true
+	return m.opts.DRA == nil || m.opts.DRA.Ready()
 }
 
 // Alive reports whether the main loop turned within the last two rescan
@@ -463,11 +480,19 @@ func (m *Manager) replan(ctx context.Context, only map[sysfs.Address]bool) error
 		m.specPlan, m.specSkips = plan, 0
 	}
 	m.pruneDeviceInfo(plan)
+	if m.opts.DRA != nil {
+		m.opts.DRA.Publish(plan, h)
+	} else if m.cfg.DRAPools() {
+		m.log.Error("pools with api: dra are not served: the DRA driver did not start with this process (restart the plugin with --node-name and API server access)")
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	want := map[string]bool{}
 	for i := range plan.Pools {
 		p := &plan.Pools[i]
+		if p.Config != nil && p.Config.API == config.APIDRA {
+			continue // the DRA front door publishes it
+		}
 		want[p.Resource] = true
 		if e, ok := m.endpoints[p.Resource]; ok {
 			if e.srv.update(p) {

@@ -42,6 +42,10 @@ const (
 	OriginAllocate Origin = "allocate" // kubelet's Allocate (bindAt: allocate)
 	OriginStartup  Origin = "startup"  // plugin start (bindAt: startup)
 	OriginOperator Origin = "operator" // the bind/unbind commands
+	// OriginDRA: the DRA driver's NodePrepareResources. The release
+	// watcher leaves these alone: DRA devices are not in PodResources'
+	// device lists, and NodeUnprepareResources says when a claim is done.
+	OriginDRA Origin = "dra"
 )
 
 // Record is one function whose driver sriov-cdi changed.
@@ -176,7 +180,7 @@ func (d *stateData) validate() error {
 		if !slices.Contains([]Phase{PhaseChanging, PhaseDone, PhaseRestoring}, r.Phase) {
 			bad("phase", fmt.Errorf("unknown phase %q", r.Phase))
 		}
-		if !slices.Contains([]Origin{OriginAllocate, OriginStartup, OriginOperator}, r.Origin) {
+		if !slices.Contains([]Origin{OriginAllocate, OriginStartup, OriginOperator, OriginDRA}, r.Origin) {
 			bad("origin", fmt.Errorf("unknown origin %q", r.Origin))
 		}
 		if strings.Trim(r.Group, "0123456789") != "" || len(r.Group) > 10 {

@@ -309,8 +309,10 @@ func (m *Manager) observe(ctx context.Context, assigned map[sysfs.Address]bool, 
 	var release []sysfs.Address
 	now := m.opts.now()
 	for _, r := range m.state.data.Devices {
-		if r.Phase != PhaseDone || !r.RestoreOnRelease || r.Origin == OriginStartup {
-			continue // startup-bound units stay bound: Allocate would not bind them again
+		if r.Phase != PhaseDone || !r.RestoreOnRelease || r.Origin == OriginStartup || r.Origin == OriginDRA {
+			// startup-bound units stay bound: Allocate would not bind them
+			// again; DRA units are released by NodeUnprepareResources.
+			continue
 		}
 		switch {
 		case assigned[r.Unit]:

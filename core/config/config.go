@@ -12,6 +12,7 @@ import (
 
 	yamlv3 "go.yaml.in/yaml/v3"
 	"k8s.io/apimachinery/pkg/api/validate/content"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 	"tags.cncf.io/container-device-interface/pkg/parser"
 
@@ -48,6 +49,19 @@ const (
 	PolicyPack   Policy = "pack"   // fill one PF first
 )
 
+// API says which kubelet API serves a pool.
+type API string
+
+const (
+	// APIDevicePlugin serves the pool as a device plugin (v1beta1): an
+	// extended resource <prefix>/<name>, Allocate, ListAndWatch.
+	APIDevicePlugin API = "deviceplugin"
+	// APIDRA publishes the pool as a Dynamic Resource Allocation pool
+	// (resource.k8s.io/v1 ResourceSlices) and prepares claims through the
+	// DRA kubelet plugin.
+	APIDRA API = "dra"
+)
+
 // DefaultResourcePrefix is the resource (and CDI vendor) prefix when none is set.
 const DefaultResourcePrefix = "sriov-cdi.io"
 
@@ -80,6 +94,9 @@ type Pool struct {
 	// ResourcePrefix overrides Config.ResourcePrefix for this pool.
 	ResourcePrefix string `json:"resourcePrefix,omitempty"`
 	Mode           Mode   `json:"mode,omitempty"`
+	// API: "deviceplugin" (default) or "dra". A device is served by one
+	// API only; kubelet would count a device offered by both twice.
+	API API `json:"api,omitempty"`
 	// BindAt: "allocate" (default) or "startup"; vfio pools only.
 	BindAt BindAt `json:"bindAt,omitempty"`
 	// AllocationPolicy: "spread" (default) or "pack".
@@ -253,6 +270,9 @@ func (c *Config) applyDefaults() {
 			p.AllocationPolicy = PolicySpread
 		}
 		p.VhostUser.applyDefaults()
+		if p.API == "" {
+			p.API = APIDevicePlugin
+		}
 		if p.Mode == ModeVFIO {
 			if p.BindAt == "" {
 				p.BindAt = BindAtAllocate
@@ -304,7 +324,7 @@ func (c *Config) Validate() error {
 		if _, dup := seen[c.Resource(p)]; !dup && p.Name != "" {
 			mangled.check(c, i, bad)
 		}
-		if sock := KubeletDevicePluginDir + SocketName(c.Resource(p)); p.Name != "" && len(sock) > MaxSocketPath {
+		if sock := KubeletDevicePluginDir + SocketName(c.Resource(p)); p.Name != "" && p.API != APIDRA && len(sock) > MaxSocketPath {
 			room := len(c.Resource(p)) - (len(sock) - MaxSocketPath)
 			bad("%s.%s: resource %q is %d bytes; its device plugin socket %s would be %d bytes, over the %d a unix socket path holds: shorten the pool name or the resource prefix to %d bytes in all", at, name, c.Resource(p), len(c.Resource(p)), sock, len(sock), MaxSocketPath, room)
 		}
@@ -318,6 +338,7 @@ func (c *Config) Validate() error {
 			bad("%s.mode: %q is not a mode; use \"vfio\" (bind to vfio-pci), \"kernel\" (keep the current driver) or \"vhost-user\" (socket directories)", at, p.Mode)
 		}
 		c.validateVhostUser(at, p, bad)
+		validateAPI(at, p, bad)
 		switch p.AllocationPolicy {
 		case PolicySpread, PolicyPack:
 		default:
@@ -365,10 +386,69 @@ func (c *Config) Validate() error {
 			validateSelector(fmt.Sprintf("%s.selectors[%d]", at, j), &p.Selectors[j], bad)
 		}
 	}
+	c.validateDRA(bad)
 	if len(errs) == 0 {
 		return nil
 	}
 	return &ValidationError{Source: c.Source, Errs: errs}
+}
+
+// validateDRA checks what DRA pools share: one driver, named by the
+// top-level resourcePrefix (at most 63 bytes, the API's limit for a driver
+// name), in which every DRA pool name is unique.
+func (c *Config) validateDRA(bad func(string, ...any)) {
+	seen := map[string]int{}
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		if p.API != APIDRA || p.Name == "" {
+			continue
+		}
+		if j, dup := seen[p.Name]; dup {
+			bad("%s.%s: DRA pool %q is already defined by %s; DRA pools share one driver (%q), so their names must be unique even with different resource prefixes", c.poolAt(i), c.nameField(), p.Name, c.poolAt(j), c.ResourcePrefix)
+			continue
+		}
+		seen[p.Name] = i
+	}
+	if len(seen) > 0 && len(c.ResourcePrefix) > DRADriverNameMax {
+		bad("resourcePrefix: %q is %d bytes; it is also the DRA driver name, which may have at most %d", c.ResourcePrefix, len(c.ResourcePrefix), DRADriverNameMax)
+	}
+}
+
+// DRADriverNameMax is resource.k8s.io's limit on a driver name.
+const DRADriverNameMax = 63
+
+// validateAPI checks the api field and what a DRA pool cannot use: the
+// pool name becomes the DRA pool and DeviceClass name (a DNS label), and
+// deviceNodes and cdiAnnotations are answers of the device plugin's
+// Allocate, which DRA does not have.
+func validateAPI(at string, p *Pool, bad func(string, ...any)) {
+	switch p.API {
+	case APIDevicePlugin:
+		return
+	case APIDRA:
+	default:
+		bad("%s.api: %q is not an API; use \"deviceplugin\" (default, extended resource) or \"dra\" (Dynamic Resource Allocation, resource.k8s.io/v1)", at, p.API)
+		return
+	}
+	if p.Name != "" && len(validation.IsDNS1123Label(p.Name)) > 0 {
+		bad("%s.name: %q: a DRA pool's name is its DRA pool and DeviceClass name, so it must be a DNS label (lower-case letters, digits and '-', at most 63, starting and ending with a letter or digit)", at, p.Name)
+	}
+	if p.DeviceNodes {
+		bad("%s.deviceNodes: a DRA pool hands devices out through CDI only (deviceNodes is an answer of the device plugin's Allocate); remove it or use api: deviceplugin", at)
+	}
+	if p.CDIAnnotations {
+		bad("%s.cdiAnnotations: a DRA pool hands devices out through CDI device IDs only (cdiAnnotations is an answer of the device plugin's Allocate); remove it or use api: deviceplugin", at)
+	}
+}
+
+// DRAPools reports whether any pool is served through DRA.
+func (c *Config) DRAPools() bool {
+	for i := range c.Pools {
+		if c.Pools[i].API == APIDRA {
+			return true
+		}
+	}
+	return false
 }
 
 func validateSelector(at string, s *Selector, bad func(string, ...any)) {

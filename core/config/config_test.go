@@ -35,9 +35,9 @@ pools:
 		ResourcePrefix: "example.com",
 		Source:         "pools.yaml",
 		Pools: []Pool{
-			{Name: "vf-vfio", Mode: ModeVFIO, BindAt: BindAtAllocate, AllocationPolicy: PolicyPack, AllowUnbindFrom: DefaultAllowUnbindFrom,
+			{Name: "vf-vfio", Mode: ModeVFIO, API: APIDevicePlugin, BindAt: BindAtAllocate, AllocationPolicy: PolicyPack, AllowUnbindFrom: DefaultAllowUnbindFrom,
 				Selectors: SelectorList{{Vendors: []string{"8086"}, Devices: []string{"154c"}, PFNames: []string{"ens1f0#0,2-7"}}}},
-			{Name: "vf-kernel", Mode: ModeKernel, AllocationPolicy: PolicySpread,
+			{Name: "vf-kernel", Mode: ModeKernel, API: APIDevicePlugin, AllocationPolicy: PolicySpread,
 				Selectors: SelectorList{{RootDevices: []string{"0000:3b:00.0"}}, {PCIAddresses: []string{"0000:5E:00.1"}}}},
 		},
 	}

@@ -170,6 +170,8 @@ func Build(c *config.Config, h *sysfs.Host, opts ...BuildOption) *Plan {
 			first = c.Pools[hits[0]].Name
 		}
 		switch {
+		case len(hits) > 1 && crossAPI(c, hits) != "":
+			plan.Unselected = append(plan.Unselected, Refusal{d.Address, first, crossAPI(c, hits)})
 		case d.IsBridge():
 			plan.Unselected = append(plan.Unselected, Refusal{d.Address, first, "bridge or host controller (class " + d.Class + "); never handed out"})
 		case d.IsPFWithVFs():
@@ -201,6 +203,32 @@ func Build(c *config.Config, h *sysfs.Host, opts ...BuildOption) *Plan {
 	}
 	slices.SortStableFunc(plan.Unselected, func(a, b Refusal) int { return strings.Compare(string(a.Address), string(b.Address)) })
 	return plan
+}
+
+// crossAPI says why a function matched by the pools hits (in config
+// order) is refused when they are served through different kubelet APIs,
+// or "": a device offered as an extended resource and in a DRA pool would
+// be counted twice by kubelet, so neither pool takes it.
+// CrossAPIRefusal is in the reason of every function refused because a
+// deviceplugin pool and a dra pool both select it.
+const CrossAPIRefusal = "a device is never served by both APIs"
+
+func crossAPI(c *config.Config, hits []int) string {
+	a := &c.Pools[hits[0]]
+	for _, j := range hits[1:] {
+		b := &c.Pools[j]
+		if apiOf(a) != apiOf(b) {
+			return fmt.Sprintf("matches pool %q (api: %s) and pool %q (api: %s); "+CrossAPIRefusal+" (kubelet would count it twice): narrow the selectors (e.g. excludeAddresses) so that one pool takes it", a.Name, apiOf(a), b.Name, apiOf(b))
+		}
+	}
+	return ""
+}
+
+func apiOf(p *config.Pool) config.API {
+	if p.API == "" {
+		return config.APIDevicePlugin
+	}
+	return p.API
 }
 
 func buildKernel(plan *Plan, p *Pool, devs []*sysfs.Device, h *sysfs.Host, wasUp LinkHistory) {

@@ -388,3 +388,44 @@ func TestBuildVhostUser(t *testing.T) {
 		t.Errorf("Prefer over slots (-want +got):\n%s", diff)
 	}
 }
+
+// TestBuildRefusesCrossAPIOverlap: a function matched by a deviceplugin
+// pool and a dra pool goes to neither (kubelet would count it twice), with
+// both names; an overlap within one API keeps "first pool wins".
+func TestBuildRefusesCrossAPIOverlap(t *testing.T) {
+	c := mustConfig(t, `
+resourcePrefix: example.com
+pools:
+  - name: vf-dp
+    selectors: {vendors: ["8086"], devices: ["154c"]}
+  - name: vf-dra
+    api: dra
+    selectors: {pciAddresses: ["0000:3b:02.0", "0000:3b:02.1"]}
+  - name: vf-dp2
+    selectors: {pciAddresses: ["0000:3b:02.2"]}
+`)
+	plan := Build(c, testHost())
+	var ids []sysfs.Address
+	for _, u := range plan.Pool("vf-dp").Units {
+		ids = append(ids, u.ID)
+	}
+	if diff := cmp.Diff([]sysfs.Address{"0000:3b:02.2", "0000:3b:02.3"}, ids); diff != "" {
+		t.Errorf("vf-dp units (-want +got):\n%s", diff)
+	}
+	if n := len(plan.Pool("vf-dra").Units); n != 0 {
+		t.Errorf("vf-dra has %d units, want 0", n)
+	}
+	want := `matches pool "vf-dp" (api: deviceplugin) and pool "vf-dra" (api: dra); a device is never served by both APIs`
+	for _, a := range []sysfs.Address{"0000:3b:02.0", "0000:3b:02.1"} {
+		i := slices.IndexFunc(plan.Unselected, func(r Refusal) bool { return r.Address == a })
+		if i < 0 || !strings.Contains(plan.Unselected[i].Reason, want) {
+			t.Errorf("%s: refusal %+v, want one containing %q", a, plan.Unselected, want)
+		}
+	}
+	// 3b:02.2 matches vf-dp and vf-dp2 (same API): the first wins, with a note.
+	if !slices.ContainsFunc(plan.Notes, func(r Refusal) bool {
+		return r.Address == "0000:3b:02.2" && strings.Contains(r.Reason, "first pool in the config wins")
+	}) {
+		t.Errorf("no first-wins note for 0000:3b:02.2: %+v", plan.Notes)
+	}
+}

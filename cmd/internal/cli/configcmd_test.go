@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
 )
 
 // TestConfigValidateWarnsDashInVariableNames: '-' is kept in PCIDEVICE_*
@@ -82,5 +84,33 @@ func TestConfigValidateDecodeProblems(t *testing.T) {
 	}
 	if strings.Index(errOut, "line 9:") < strings.Index(errOut, "line 8:") {
 		t.Errorf("problems not in file order:\n%s", errOut)
+	}
+}
+
+// TestConfigValidateCrossAPIOnHost: with --sysfs-root, a function that a
+// deviceplugin pool and a dra pool both select makes the file invalid,
+// naming the function and both pools.
+func TestConfigValidateCrossAPIOnHost(t *testing.T) {
+	root := t.TempDir()
+	b := sysfstest.SRIOVNICHost(root, 1, 2)
+	if err := b.Write(); err != nil {
+		t.Fatal(err)
+	}
+	overlap := writeFile(t, "c.yaml", `resourcePrefix: example.com
+pools:
+  - {name: vfa, selectors: {rootDevices: ["0000:01:00.0"]}}
+  - {name: vfb, api: dra, selectors: {pciAddresses: ["0000:01:00.2"]}}
+`)
+	_, errOut, err := run(t, "config", "validate", "--sysfs-root", b.Sys(), overlap)
+	if err == nil {
+		t.Fatal("validate succeeded, want the cross-API overlap refused")
+	}
+	want := `0000:01:00.2: matches pool "vfa" (api: deviceplugin) and pool "vfb" (api: dra); a device is never served by both APIs`
+	if !strings.Contains(errOut, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, errOut)
+	}
+	// Without the host the file itself is valid.
+	if _, errOut, err := run(t, "config", "validate", overlap); err != nil {
+		t.Errorf("validate without host: %v\n%s", err, errOut)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	ucli "github.com/urfave/cli/v3"
@@ -27,7 +28,7 @@ func pluginCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "plugin",
 		Usage: "serve every pool to kubelet as a device plugin (the DaemonSet's main process)",
-		Flags: append(append(hostFlags(), logFlags()...),
+		Flags: append(append(append(hostFlags(), logFlags()...), draFlags()...),
 			&ucli.StringFlag{Name: "device-plugin-dir", Value: "/var/lib/kubelet/device-plugins", Usage: "kubelet's device plugin directory", Sources: ucli.EnvVars("SRIOV_CDI_DEVICE_PLUGIN_DIR")},
 			&ucli.StringFlag{Name: "cdi-dir", Value: "/var/run/cdi", Usage: "where CDI specs are written", Sources: ucli.EnvVars("SRIOV_CDI_CDI_DIR")},
 			&ucli.StringFlag{Name: "state-file", Value: "/var/lib/sriov-cdi/state.json", Usage: "binding state (original drivers, operation in flight)", Sources: ucli.EnvVars("SRIOV_CDI_STATE_FILE")},
@@ -87,12 +88,23 @@ func pluginCommand() *ucli.Command {
 				return err
 			}
 			defer closeWiring() // after Run: its shutdown still asks PodResources
+			ctx, cancel := context.WithCancelCause(ctx)
+			defer cancel(nil)
+			var mp atomic.Pointer[plugin.Manager] // set once the Manager exists; claims may come earlier
+			stopDRA, err := startDRA(ctx, cmd, &opts, func(reason string, a sysfs.Address) {
+				if m := mp.Load(); m != nil {
+					m.TriggerDevice(reason, a)
+				}
+			}, func(err error) { cancel(err) }, log)
+			if err != nil {
+				return err
+			}
+			defer stopDRA()
 			m, err := plugin.NewManager(opts)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithCancelCause(ctx)
-			defer cancel(nil)
+			mp.Store(m)
 			if addr := cmd.String("health-addr"); addr != "" {
 				lis, err := net.Listen("tcp", addr)
 				if err != nil {

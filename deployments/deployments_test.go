@@ -25,6 +25,8 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	resourcev1 "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -55,7 +57,7 @@ const (
 var (
 	scheme = func() *runtime.Scheme {
 		s := runtime.NewScheme()
-		for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, monitoringv1.AddToScheme} {
+		for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, monitoringv1.AddToScheme, rbacv1.AddToScheme, resourcev1.AddToScheme} {
 			if err := add(s); err != nil {
 				panic(err)
 			}
@@ -798,7 +800,17 @@ var chartVariants = []chartVariant{
 		wantKinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
 		containers: []string{"plugin"},
 	},
+	{
+		name:       "configFile: a DRA pool",
+		set:        []string{"dra.deviceTaints=true"},
+		files:      map[string]string{"configFile": "resourcePrefix: example.com\npools:\n  - {name: vf, api: dra, mode: vfio, selectors: {vendors: [\"8086\"]}}\n  - {name: dp, selectors: {vendors: [\"15b3\"]}}\n"},
+		wantKinds:  []string{"ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "DeviceClass", "ServiceAccount"},
+		containers: []string{"plugin"},
+	},
 }
+
+// clusterScoped kinds have no namespace.
+var clusterScoped = map[string]bool{"ClusterRole": true, "ClusterRoleBinding": true, "DeviceClass": true}
 
 func TestChart(t *testing.T) {
 	helm := helmBinary(t)
@@ -832,7 +844,7 @@ func TestChart(t *testing.T) {
 				t.Errorf("rendered kinds %v, want %v", got, v.wantKinds)
 			}
 			for _, o := range objs {
-				if m, ok := o.obj.(metav1.Object); ok && m.GetNamespace() != namespace {
+				if m, ok := o.obj.(metav1.Object); ok && m.GetNamespace() != namespace && !clusterScoped[o.gvk.Kind] {
 					t.Errorf("%s: %s %q rendered into namespace %q, want the release's %q", o.source, o.gvk.Kind, m.GetName(), m.GetNamespace(), namespace)
 				}
 			}

@@ -46,6 +46,7 @@ var enums = map[reflect.Type][]string{
 	reflect.TypeFor[config.VhostUserSocketMode](): {string(config.SocketServer), string(config.SocketClient)},
 	reflect.TypeFor[config.BindAt]():              {string(config.BindAtAllocate), string(config.BindAtStartup)},
 	reflect.TypeFor[config.Policy]():              {string(config.PolicySpread), string(config.PolicyPack)},
+	reflect.TypeFor[config.API]():                 {string(config.APIDevicePlugin), string(config.APIDRA)},
 }
 
 // patterns constrains string list items by JSON path (Type.field), where a

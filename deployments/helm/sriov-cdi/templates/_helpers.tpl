@@ -67,3 +67,30 @@ vhostUser.baseDir of every pool in `config` (when configFile is empty), each onc
 {{- end -}}
 {{- $dirs | uniq | toJson -}}
 {{- end -}}
+
+{{/* The pool config as an object, from configFile (YAML or JSON) or config. */}}
+{{- define "sriov-cdi.configObject" -}}
+{{- if .Values.configFile }}
+{{- .Values.configFile | fromYaml | toJson }}
+{{- else }}
+{{- .Values.config | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* The DRA driver name: the config's top-level resourcePrefix. */}}
+{{- define "sriov-cdi.draDriver" -}}
+{{- $c := include "sriov-cdi.configObject" . | fromJson }}
+{{- default "sriov-cdi.io" $c.resourcePrefix }}
+{{- end }}
+
+{{/* The names of the pools with api: dra, comma-separated ("" when none). */}}
+{{- define "sriov-cdi.draPools" -}}
+{{- $c := include "sriov-cdi.configObject" . | fromJson }}
+{{- $names := list }}
+{{- range $c.pools }}
+{{- if eq (toString .api) "dra" }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}

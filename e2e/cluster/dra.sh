@@ -133,9 +133,20 @@ dra_skip() { # dra_skip NAME: when dra1 did not bring the driver up
 dra1_install() {
 	local n=dra1-install-slices old t out errs=()
 	old=$(plugin_pod)
+	# The lab has no kube-proxy: the Service IP that in-cluster clients dial
+	# (KUBERNETES_SERVICE_HOST, 10.96.0.1) leads nowhere, so the plugin is told the API
+	# server's address, as on any cluster without kube-proxy (plugin.extraEnv).
+	cat >"$WORK/values-dra.yaml" <<EOF
+dra:
+  deviceTaints: true
+plugin:
+  extraEnv:
+    - {name: KUBERNETES_SERVICE_HOST, value: "$NODE_IP"}
+    - {name: KUBERNETES_SERVICE_PORT, value: "$APISERVER_PORT"}
+EOF
 	t=$SECONDS
 	if ! out=$("$HELM" --kubeconfig "$KCFG" upgrade "$RELEASE" "$CHART" -n "$NS" --reuse-values \
-		--set-file configFile="$WORK/pools-3.yaml" --set dra.deviceTaints=true 2>&1); then
+		--set-file configFile="$WORK/pools-3.yaml" -f "$WORK/values-dra.yaml" 2>&1); then
 		fail $n "helm upgrade failed: $(tail -n 5 <<<"$out" | tr '\n' '|')"
 		return 0
 	fi

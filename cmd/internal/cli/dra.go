@@ -1,3 +1,5 @@
+//go:build !nodra
+
 package cli
 
 import (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -117,6 +118,12 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 	d, err := newDriver(o)
 	if err != nil {
 		return nil, err
+	}
+	// kubelet makes its plugins and registry directories, not the driver's
+	// own <plugins>/<driver>: the helper listens there (dra.sock) and fails
+	// on a fresh node without it.
+	if err := os.MkdirAll(d.o.PluginDir, 0o750); err != nil {
+		return nil, fmt.Errorf("DRA driver %q: create its plugin directory: %w", o.DriverName, err)
 	}
 	opts := []kubeletplugin.Option{
 		kubeletplugin.DriverName(o.DriverName),

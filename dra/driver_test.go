@@ -79,10 +79,10 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	r.cdiDir, r.pluginDir, r.regDir = filepath.Join(r.dir, "cdi"), filepath.Join(r.dir, "plugins", "example.com"), filepath.Join(r.dir, "registry")
-	for _, d := range []string{r.pluginDir, r.regDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	// Like kubelet on a fresh node: the registry directory exists, the
+	// driver's own plugin directory does not (Start makes it).
+	if err := os.MkdirAll(r.regDir, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	r.client = fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1", UID: "node1-uid"}})
 	r.start(t)

@@ -44,7 +44,16 @@ VPOOL=vf # vfio pool: 0000:01:00.2 (group 8, vfio-pci); grown in s2
 MPOOL=misc # kernel pool from s2 on: 0000:00:03.0 (virtio-pci); 00:1f.2, 00:1f.3 have no driver: unhealthy
 BPOOL=bulk # kernel pool from s2 on: the VFs of the synthetic PF 0000:03:00.0 (e2e/cluster/fixture)
 BULK_VFS=47 # its VFs (nvme driver): s5's rounds are 2 + 1 + 47 = 50 pods, 4 rounds = 200 cycles
+DRA_POOL=dra-nvme  # DRA kernel pool from the dra scenarios on: the VFs of two synthetic PFs
+DRA_PF_A=0000:04:00.0 DRA_VFS_A=160 # NUMA node 0
+DRA_PF_B=0000:05:00.0 DRA_VFS_B=64  # NUMA node 1
+DRA_VPOOL=dra-vfio # DRA vfio pool: two VFs of 0000:06:00.0 on vfio-pci without /dev/vfio nodes
 ETCD_PORT=23790
+# The control plane's feature gates: DRA is GA in 1.35 (resource.k8s.io/v1 on by
+# default); the chart's dra.deviceTaints (unhealthy devices published with a NoSchedule
+# taint, which a claim may tolerate: dra4) needs the alpha DRADeviceTaints in the API
+# server (the field), the scheduler (taints and tolerations) and the controller-manager.
+CP_GATES=DRADeviceTaints=true
 APISERVER_PORT=6443
 DP_DIR=/var/lib/kubelet/device-plugins # fixed in kubelet, the chart's default
 CDI_DIR=/var/run/cdi                   # the chart's default
@@ -133,7 +142,7 @@ wait_image() {
 
 WORK=
 ETCD_PID='' APISERVER_PID='' CM_PID='' SCHED_PID='' CONTAINERD_PID='' KUBELET_PID=''
-CDI_BEFORE='' DEVINFO_BEFORE='' DP_BEFORE=''
+CDI_BEFORE='' DEVINFO_BEFORE='' DP_BEFORE='' PLUGINS_BEFORE=''
 KUBELET_VAR_EXISTED=1 STATE_EXISTED=1 DEVINFO_EXISTED=1 CDI_EXISTED=1 MADE_SHARED=0
 KUBELET_N=0
 
@@ -186,6 +195,11 @@ cleanup() {
 			for f in "$DP_DIR"/*; do
 				[[ -e $f ]] || continue
 				grep -qxF "$f" <<<"$DP_BEFORE" || rm -f "$f"
+			done
+			# The DRA driver's directory (socket, checkpoint) and registration socket.
+			for f in /var/lib/kubelet/plugins/* /var/lib/kubelet/plugins_registry/*; do
+				[[ -e $f ]] || continue
+				grep -qxF "$f" <<<"$PLUGINS_BEFORE" || rm -rf "$f"
 			done
 		fi
 		[[ $MADE_SHARED == 0 ]] || mount --make-rprivate / 2>/dev/null
@@ -287,7 +301,7 @@ start_apiserver() {
 		--service-account-issuer https://kubernetes.default.svc --service-account-key-file "$p/sa.pub" \
 		--service-account-signing-key-file "$p/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
 		--authorization-mode Node,RBAC --allow-privileged=true --kubelet-preferred-address-types InternalIP,Hostname \
-		--enable-priority-and-fairness=false --profiling=false --v 1 >"$WORK/logs/kube-apiserver.log" 2>&1 &
+		--enable-priority-and-fairness=false --feature-gates "$CP_GATES" --profiling=false --v 1 >"$WORK/logs/kube-apiserver.log" 2>&1 &
 	APISERVER_PID=$!
 }
 
@@ -300,10 +314,10 @@ start_controllers() {
 	"$KUBE_DIR/kube-controller-manager" --kubeconfig "$KCFG" --authentication-kubeconfig "$KCFG" --authorization-kubeconfig "$KCFG" \
 		--service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
 		--use-service-account-credentials=true --leader-elect=false --bind-address 127.0.0.1 \
-		--profiling=false --v 1 >"$WORK/logs/kube-controller-manager.log" 2>&1 &
+		--feature-gates "$CP_GATES" --profiling=false --v 1 >"$WORK/logs/kube-controller-manager.log" 2>&1 &
 	CM_PID=$!
 	"$KUBE_DIR/kube-scheduler" --kubeconfig "$KCFG" --authentication-kubeconfig "$KCFG" --authorization-kubeconfig "$KCFG" \
-		--leader-elect=false --bind-address 127.0.0.1 --profiling=false --v 1 >"$WORK/logs/kube-scheduler.log" 2>&1 &
+		--leader-elect=false --bind-address 127.0.0.1 --feature-gates "$CP_GATES" --profiling=false --v 1 >"$WORK/logs/kube-scheduler.log" 2>&1 &
 	SCHED_PID=$!
 }
 
@@ -365,6 +379,9 @@ nodeStatusUpdateFrequency: 2s
 # doubling crash back-off (10 s .. 5 min), which would dominate the run.
 featureGates:
   KubeletCrashLoopBackOffMax: true
+  # DRA (resource.k8s.io/v1) is GA in 1.35; the driver serves the resource health
+  # API (dra/health.go), which kubelet reads with this alpha gate only.
+  ResourceHealthStatus: true
 crashLoopBackOff:
   maxContainerRestartPeriod: 1s
 podLogsDir: $WORK/pod-logs
@@ -414,7 +431,15 @@ make_fixture() {
 	# Next to the snapshot's devices: a synthetic SR-IOV NVMe PF with $BULK_VFS VFs
 	# (sysfs/sysfstest, the real kernel's layout; IOMMU groups from 100), so that
 	# s5 runs many pods at once.
-	go -C "$REPO" run ./e2e/cluster/fixture -dir "$FIX" -port 0000:00:04.0 -bus 3 -vfs "$BULK_VFS" -group 100 || return 1
+	go -C "$REPO" build -o "$WORK/fixture-bin" ./e2e/cluster/fixture || return 1
+	"$WORK/fixture-bin" -dir "$FIX" -port 0000:00:04.0 -bus 3 -vfs "$BULK_VFS" -group 100 || return 1
+	# The DRA pools' PFs (pools-3.yaml, the dra scenarios): dra-nvme's two (NUMA 0 and
+	# 1: $DRA_VFS_A + $DRA_VFS_B VFs, several ResourceSlices) and dra-vfio's, whose VFs are
+	# bound to vfio-pci with no /dev/vfio/<group> node: a host without a working IOMMU.
+	"$WORK/fixture-bin" -dir "$FIX" -port 0000:00:05.0 -bus 4 -vfs "$DRA_VFS_A" -group 200 -numa 0 || return 1
+	"$WORK/fixture-bin" -dir "$FIX" -port 0000:00:06.0 -bus 5 -vfs "$DRA_VFS_B" -group 400 -numa 1 || return 1
+	"$WORK/fixture-bin" -dir "$FIX" -port 0000:00:07.0 -bus 6 -vfs 2 -group 600 -driver vfio-pci || return 1
+	rm -f "$FIX"/dev/vfio/60[0-9]
 	# The snapshot's /dev/vfio entries are empty files: make real char nodes.
 	local name majmin mode
 	while read -r name majmin mode; do
@@ -461,6 +486,25 @@ pools:
     selectors:
       rootDevices: ["0000:03:00.0"]
 EOF
+	# The dra scenarios: pools-2 and two DRA pools of the driver $PREFIX (api: dra):
+	# dra-nvme (kernel, with vhostNet so that its CDI specs carry device nodes) and
+	# dra-vfio (no IOMMU: its devices are unhealthy, published with a taint).
+	{
+		cat "$WORK/pools-2.yaml"
+		cat <<EOF
+  - name: $DRA_POOL
+    mode: kernel
+    api: dra
+    vhostNet: true
+    selectors:
+      rootDevices: ["$DRA_PF_A", "$DRA_PF_B"]
+  - name: $DRA_VPOOL
+    mode: vfio
+    api: dra
+    selectors:
+      rootDevices: ["0000:06:00.0"]
+EOF
+	} >"$WORK/pools-3.yaml"
 }
 
 fixture_digest() { (cd "$FIX" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16); }
@@ -1009,6 +1053,12 @@ ours() { # ours GLOB...: the names of the files that exist, space-separated
 }
 
 # ---------------------------------------------------------------------------
+# The DRA scenarios (dra1-dra7).
+
+# shellcheck source=dra.sh
+source "$REPO/e2e/cluster/dra.sh"
+
+# ---------------------------------------------------------------------------
 
 # The scenarios, in order, one "FUNCTION NAME" a line. Each prints its own E2E
 # lines; a non-zero status means the cluster cannot go on (s1: the install failed),
@@ -1019,7 +1069,14 @@ SCENARIOS=(
 	"s3_plugin_pod_deleted s3-plugin-pod-deleted"
 	"s4_kubelet_restart s4-kubelet-restart"
 	"s5_chaos s5-chaos"
+	"dra1_install dra1-install-slices"
+	"dra2_claim_pod dra2-claim-template-pod"
+	"dra3_cel dra3-cel-selectors"
+	"dra4_vfio_refused dra4-vfio-no-iommu-refused"
+	"dra5_delete dra5-delete-unprepares"
+	"dra6_plugin_restart dra6-plugin-restart"
 	"s6_uninstall s6-uninstall"
+	"dra7_uninstall dra7-uninstall-slices"
 )
 
 TIMES=() # "phase seconds", printed by finish
@@ -1076,6 +1133,7 @@ main() {
 	CDI_BEFORE=$(ls -1d "$CDI_DIR"/* 2>/dev/null || true)
 	DEVINFO_BEFORE=$(ls -1d "$DEVINFO_DIR"/* 2>/dev/null || true)
 	DP_BEFORE=$(ls -1d "$DP_DIR"/* 2>/dev/null || true)
+	PLUGINS_BEFORE=$(ls -1d /var/lib/kubelet/plugins/* /var/lib/kubelet/plugins_registry/* 2>/dev/null || true)
 	[[ -e /var/lib/kubelet ]] || KUBELET_VAR_EXISTED=0
 	[[ -e $STATE_DIR ]] || STATE_EXISTED=0
 	[[ -e $DEVINFO_DIR ]] || DEVINFO_EXISTED=0

@@ -39,9 +39,11 @@ fmt-check:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags nodra ./cmd/...
 
 race:
 	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -tags nodra ./cmd/internal/cli -run 'NoDRA'
 
 # Short fuzzing pass over every fuzz target (seed corpora run in `make test` already).
 FUZZTIME ?= 10s

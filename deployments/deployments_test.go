@@ -762,43 +762,57 @@ type chartVariant struct {
 	files      map[string]string // value name -> file content, for --set-file
 	wantKinds  []string
 	containers []string
+	// binary every container runs: sriov-cdi-dp (no client-go, half the
+	// RSS) unless a pool has api: dra or plugin.binary says otherwise.
+	binary string
 }
+
+const (
+	binaryFull = "/usr/bin/sriov-cdi"
+	binaryDP   = "/usr/bin/sriov-cdi-dp"
+)
 
 var chartVariants = []chartVariant{
 	{
 		name:       "default",
 		wantKinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
 		containers: []string{"plugin"},
+		binary:     binaryDP,
 	},
 	{
 		name:       "nri+servicemonitor",
 		set:        []string{"nri.enabled=true", "serviceMonitor.enabled=true", "serviceMonitor.labels.release=prometheus"},
 		wantKinds:  []string{"ConfigMap", "DaemonSet", "Service", "ServiceAccount", "ServiceMonitor"},
 		containers: []string{"plugin", "nri"},
+		binary:     binaryDP,
 	},
 	{
 		name:       "service, no serviceaccount, other kubelet dir",
 		set:        []string{"service.enabled=true", "serviceAccount.create=false", "hostPaths.devicePlugins=/var/lib/k0s/kubelet/device-plugins", "hostPaths.podResources=/var/lib/k0s/kubelet/pod-resources"},
 		wantKinds:  []string{"ConfigMap", "DaemonSet", "Service"},
 		containers: []string{"plugin"},
+		binary:     binaryDP,
 	},
 	{
 		name:       "host sysfs and dev elsewhere (a fixture tree)",
 		set:        []string{"hostPaths.sys=/srv/e2e/sys", "hostPaths.dev=/srv/e2e/dev"},
 		wantKinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
 		containers: []string{"plugin"},
+		binary:     binaryDP,
 	},
 	{
 		name:       "configFile: SR-IOV network device plugin JSON",
 		files:      map[string]string{"configFile": `{"resourceList": [{"resourceName": "intel_sriov_dpdk", "selectors": {"vendors": ["8086"], "devices": ["154c"], "drivers": ["vfio-pci"]}}]}`},
 		wantKinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
 		containers: []string{"plugin"},
+		binary:     binaryDP,
 	},
 	{
 		name:       "configFile: YAML",
 		files:      map[string]string{"configFile": "resourcePrefix: example.com\npools:\n  - name: nvme\n    mode: vfio\n    allowUnbindFrom: [nvme]\n    selectors: {vendors: [\"1b36\"], devices: [\"0010\"]}\n"},
 		wantKinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
 		containers: []string{"plugin"},
+		binary:     binaryDP,
 	},
 	{
 		name:       "configFile: a DRA pool",
@@ -806,6 +820,29 @@ var chartVariants = []chartVariant{
 		files:      map[string]string{"configFile": "resourcePrefix: example.com\npools:\n  - {name: vf, api: dra, mode: vfio, selectors: {vendors: [\"8086\"]}}\n  - {name: dp, selectors: {vendors: [\"15b3\"]}}\n"},
 		wantKinds:  []string{"ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "DeviceClass", "ServiceAccount"},
 		containers: []string{"plugin"},
+		binary:     binaryFull,
+	},
+	{
+		name: "config: a DRA pool (values), with NRI",
+		set: []string{"nri.enabled=true", "config.pools[0].name=vf", "config.pools[0].api=dra", "config.pools[0].mode=vfio",
+			"config.pools[0].selectors.vendors[0]=15b3"},
+		wantKinds:  []string{"ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "DeviceClass", "ServiceAccount"},
+		containers: []string{"plugin", "nri"},
+		binary:     binaryFull,
+	},
+	{
+		name:       "plugin.binary=full without DRA pools",
+		set:        []string{"plugin.binary=full"},
+		wantKinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
+		containers: []string{"plugin"},
+		binary:     binaryFull,
+	},
+	{
+		name:       "plugin.binary=dp",
+		set:        []string{"plugin.binary=dp"},
+		wantKinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
+		containers: []string{"plugin"},
+		binary:     binaryDP,
 	},
 }
 
@@ -857,6 +894,11 @@ func TestChart(t *testing.T) {
 				}
 				if !slices.Equal(names, v.containers) {
 					t.Errorf("containers %v, want %v", names, v.containers)
+				}
+				for _, c := range ds.Spec.Template.Spec.Containers {
+					if !slices.Equal(c.Command, []string{v.binary}) {
+						t.Errorf("container %s: command %q, want [%s]", c.Name, c.Command, v.binary)
+					}
 				}
 			}
 			checkHostPathsDocumented(t, objs)
@@ -918,6 +960,8 @@ func TestChart(t *testing.T) {
 			{"config=null", "set the pool configuration"},
 			{"plugin.healthPort=notaport", "healthPort"},
 			{"nodeselector.x=y", "nodeselector"},
+			{"plugin.binary=slim", "binary"},
+			{"plugin.binary=dp,config.pools[0].name=vf,config.pools[0].api=dra,config.pools[0].selectors.vendors[0]=15b3", "pools vf have api: dra"},
 		} {
 			args := []string{"template", releaseName, chartDir, "--kube-version", kubeVersion, "--set", c.set}
 			out, err := exec.Command(helm, args...).CombinedOutput()

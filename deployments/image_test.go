@@ -102,6 +102,7 @@ func TestImageBuild(t *testing.T) {
 		"usr/ d 0755 0:0",
 		"usr/bin/ d 0755 0:0",
 		"usr/bin/sriov-cdi - 0755 0:0",
+		"usr/bin/sriov-cdi-dp - 0755 0:0",
 		"usr/share/ d 0755 0:0",
 		"usr/share/misc/ d 0755 0:0",
 		"usr/share/misc/pci.ids - 0644 0:0",
@@ -143,6 +144,26 @@ func TestImageBuild(t *testing.T) {
 	if bytes.Contains(la.binary, []byte("\x00/lib64/ld-linux")) {
 		t.Errorf("the image's binary is dynamically linked")
 	}
+	// sriov-cdi-dp, the device-plugin-only build the chart runs without DRA
+	// pools: static, versioned, and without client-go (the full one has it).
+	dp := filepath.Join(dir, "sriov-cdi-dp")
+	if err := os.WriteFile(dp, la.dpBinary, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(dp, "version").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "v0.0.0-test") {
+		t.Errorf("the image's sriov-cdi-dp: `sriov-cdi-dp version` = %q, %v; want v0.0.0-test", out, err)
+	}
+	if bytes.Contains(la.dpBinary, []byte("\x00/lib64/ld-linux")) {
+		t.Errorf("the image's sriov-cdi-dp is dynamically linked")
+	}
+	const clientGo = "k8s.io/client-go/kubernetes"
+	if !bytes.Contains(la.binary, []byte(clientGo)) {
+		t.Errorf("sriov-cdi does not link %s (the DRA driver)", clientGo)
+	}
+	if bytes.Contains(la.dpBinary, []byte(clientGo)) {
+		t.Errorf("sriov-cdi-dp links %s: it must be built with -tags nodra", clientGo)
+	}
 }
 
 // TestDockerfileMatchesImageBuild: the Dockerfile (for users with an engine)
@@ -157,7 +178,9 @@ func TestDockerfileMatchesImageBuild(t *testing.T) {
 		"FROM scratch",
 		"deployments/imagebuild/rootfs/",
 		"/usr/share/misc/pci.ids",
-		"/rootfs/usr/bin/sriov-cdi",
+		"/rootfs/usr/bin/sriov-cdi ",
+		"-tags nodra",
+		"/rootfs/usr/bin/sriov-cdi-dp ",
 		"-trimpath -buildvcs=false",
 		`ENTRYPOINT ["/usr/bin/sriov-cdi"]`,
 		`CMD ["plugin"]`,
@@ -188,7 +211,8 @@ type layoutInfo struct {
 	entries        []string          // "name type mode uid:gid"
 	mtimes         []int64           // of every entry
 	files          map[string]string // regular file -> sha256
-	binary         []byte
+	binary         []byte            // usr/bin/sriov-cdi
+	dpBinary       []byte            // usr/bin/sriov-cdi-dp
 }
 
 func sha(b []byte) string {
@@ -303,8 +327,11 @@ func readLayout(t *testing.T, path string) layoutInfo {
 				t.Fatal(err)
 			}
 			info.files[h.Name] = sha(b)
-			if h.Name == "usr/bin/sriov-cdi" {
+			switch h.Name {
+			case "usr/bin/sriov-cdi":
 				info.binary = b
+			case "usr/bin/sriov-cdi-dp":
+				info.dpBinary = b
 			}
 		}
 	}

@@ -181,54 +181,93 @@ func BenchmarkKubeletRestartToRegister(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)*99/100].Milliseconds()), "p99-ms")
 }
 
-// BenchmarkRSS runs the real sriov-cdi binary (built here) as the
-// DaemonSet would — plugin with CDI specs, binding manager, metrics — over
-// 1,024 VFs in 4 pools, and reports its peak RSS (VmHWM) once kubelet holds
-// every list and a few rescans ran. One iteration is enough; the figure is a
-// size, not a time.
+// BenchmarkRSS runs the real binaries (built here) as the DaemonSet would
+// — plugin with CDI specs, binding manager, metrics — over 1,024 VFs in 4
+// pools, and reports peak RSS (VmHWM) and the anonymous and file-backed
+// shares (Pss_Anon, Pss_File of smaps_rollup) once kubelet holds every list
+// and a few rescans ran. bin=sriov-cdi-dp is what the chart runs for
+// device-plugin pools (-tags nodra, no client-go; the bar is < 25 MiB);
+// bin=sriov-cdi is the full binary with the DRA driver linked, run when a
+// pool has api: dra. One iteration is enough; the figures are sizes, not
+// times.
 func BenchmarkRSS(b *testing.B) {
 	dir := b.TempDir()
-	bin := filepath.Join(dir, "sriov-cdi")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "../cmd/sriov-cdi")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as the image builds it
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
 	bld := sysfstest.SRIOVNICHost(filepath.Join(dir, "host"), 8, 128)
 	if err := bld.Write(); err != nil {
 		b.Fatal(err)
 	}
 	cfgPath := filepath.Join(dir, "cfg", "config.yaml")
 	writeConfig(b, cfgPath, fourPools)
-	var hwm int
-	for i := 0; b.Loop(); i++ {
-		dp := filepath.Join(dir, fmt.Sprintf("dp%d", i))
-		os.MkdirAll(dp, 0o755)
-		k := startFakeKubelet(b, dp)
-		cmd := exec.Command(bin, "plugin", "--config", cfgPath, "--sysfs-root", bld.Sys(), "--dev-root", bld.Dev(),
-			"--device-plugin-dir", dp, "--cdi-dir", filepath.Join(dir, "cdi"), "--state-file", filepath.Join(dir, "state.json"),
-			"--health-addr", "", "--uevents=false", "--pod-resources-socket", "", "--device-info-dir", filepath.Join(dir, "devinfo"),
-			"--rescan-interval", "50ms", "--log-level", "error")
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		for range 4 {
-			r := k.waitRegister(b, 10*time.Second)
-			s, err := k.client(b, r).ListAndWatch(context.Background(), &pluginapi.Empty{})
-			if err != nil {
-				b.Fatal(err)
+	for _, v := range []struct{ name, tags string }{{"sriov-cdi-dp", "nodra"}, {"sriov-cdi", ""}} {
+		b.Run("bin="+v.name, func(b *testing.B) {
+			bin := filepath.Join(dir, v.name)
+			args := []string{"build", "-trimpath", "-ldflags", "-s -w", "-o", bin}
+			if v.tags != "" {
+				args = append(args, "-tags", v.tags)
 			}
-			if _, err := s.Recv(); err != nil {
-				b.Fatal(err)
+			build := exec.Command("go", append(args, "../cmd/sriov-cdi")...)
+			build.Env = append(os.Environ(), "CGO_ENABLED=0") // as the image builds it
+			if out, err := build.CombinedOutput(); err != nil {
+				b.Fatalf("build: %v\n%s", err, out)
 			}
-		}
-		time.Sleep(300 * time.Millisecond) // a few rescans
-		hwm = max(hwm, vmHWM(b, cmd.Process.Pid))
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-		k.stop()
+			var hwm, anon, file int
+			for i := 0; b.Loop(); i++ {
+				work := filepath.Join(dir, fmt.Sprintf("%s-%d", v.name, i))
+				dp := filepath.Join(work, "dp")
+				os.MkdirAll(dp, 0o755)
+				k := startFakeKubelet(b, dp)
+				cmd := exec.Command(bin, "plugin", "--config", cfgPath, "--sysfs-root", bld.Sys(), "--dev-root", bld.Dev(),
+					"--device-plugin-dir", dp, "--cdi-dir", filepath.Join(work, "cdi"), "--state-file", filepath.Join(work, "state.json"),
+					"--health-addr", "", "--uevents=false", "--pod-resources-socket", "", "--device-info-dir", filepath.Join(work, "devinfo"),
+					"--rescan-interval", "50ms", "--log-level", "error")
+				if err := cmd.Start(); err != nil {
+					b.Fatal(err)
+				}
+				for range 4 {
+					r := k.waitRegister(b, 10*time.Second)
+					s, err := k.client(b, r).ListAndWatch(context.Background(), &pluginapi.Empty{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := s.Recv(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				time.Sleep(300 * time.Millisecond) // a few rescans
+				hwm = max(hwm, vmHWM(b, cmd.Process.Pid))
+				a, f := pss(b, cmd.Process.Pid)
+				anon, file = max(anon, a), max(file, f)
+				cmd.Process.Signal(os.Interrupt)
+				cmd.Wait()
+				k.stop()
+			}
+			b.ReportMetric(float64(hwm)/1024, "peak-RSS-MiB")
+			b.ReportMetric(float64(anon)/1024, "Pss_Anon-MiB")
+			b.ReportMetric(float64(file)/1024, "Pss_File-MiB")
+		})
 	}
-	b.ReportMetric(float64(hwm)/1024, "peak-RSS-MiB")
+}
+
+// pss returns Pss_Anon and Pss_File of /proc/<pid>/smaps_rollup in KiB.
+func pss(b *testing.B, pid int) (anon, file int) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(raw), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		switch k {
+		case "Pss_Anon":
+			anon = kb
+		case "Pss_File":
+			file = kb
+		}
+	}
+	return anon, file
 }
 
 func vmHWM(b *testing.B, pid int) int {

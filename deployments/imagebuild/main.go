@@ -1,7 +1,11 @@
 // Command imagebuild builds the sriov-cdi container image without a container
 // engine: `make image` runs it. The image is one layer on nothing:
 //
-//	/usr/bin/sriov-cdi          the static binary (CGO_ENABLED=0, -trimpath)
+//	/usr/bin/sriov-cdi          the static binary (CGO_ENABLED=0, -trimpath):
+//	                            device plugin + DRA driver, CLI, NRI
+//	/usr/bin/sriov-cdi-dp       the same source built with -tags nodra: device
+//	                            plugin, CLI, NRI, no client-go (half the RSS;
+//	                            the chart runs it when no pool has api: dra)
 //	/usr/share/misc/pci.ids     Debian's pci.ids package (device names)
 //	/etc/passwd, /etc/group     root (0) and nonroot (65532), from rootfs/
 //	/tmp (1777), /home/nonroot  so that the image also runs as a non-root user
@@ -58,6 +62,7 @@ var rootfs embed.FS
 const (
 	defaultRepository = "ghcr.io/sriov-cdi/sriov-cdi"
 	binaryPath        = "usr/bin/sriov-cdi"
+	dpBinaryPath      = "usr/bin/sriov-cdi-dp"
 	pciIDsPath        = "usr/share/misc/pci.ids"
 	versionPkg        = "github.com/sriov-cdi/sriov-cdi/cmd/internal/version.Version"
 	nonrootID         = 65532
@@ -69,6 +74,7 @@ type options struct {
 	version   string
 	out       string
 	binary    string // prebuilt binary instead of `go build`
+	binaryDP  string // prebuilt -tags nodra binary instead of `go build -tags nodra`
 	pciIDs    string
 	arch      string
 	epoch     int64
@@ -92,6 +98,7 @@ func run(args []string) error {
 	fs.StringVar(&o.version, "version", "", "version baked into the binary and the labels (default: git describe --tags --always --dirty)")
 	fs.StringVar(&o.out, "out", "", "write the OCI image layout tar here (default <repo>/bin/sriov-cdi-image.tar; \"-\" for none)")
 	fs.StringVar(&o.binary, "binary", "", "use this static sriov-cdi binary instead of building ./cmd/sriov-cdi")
+	fs.StringVar(&o.binaryDP, "binary-dp", "", "use this static sriov-cdi-dp binary instead of building ./cmd/sriov-cdi with -tags nodra")
 	fs.StringVar(&o.pciIDs, "pci-ids", "/usr/share/misc/pci.ids", "pci.ids file (Debian: apt-get install pci.ids)")
 	fs.StringVar(&o.arch, "arch", runtime.GOARCH, "GOARCH of the image")
 	fs.Int64Var(&o.epoch, "source-date-epoch", -1, "timestamp of every file and of the image (default $SOURCE_DATE_EPOCH, else HEAD's commit time, else 0)")
@@ -141,19 +148,27 @@ func run(args []string) error {
 		o.out = filepath.Join(o.repo, "bin", "sriov-cdi-image.tar")
 	}
 
-	bin := o.binary
-	if bin == "" {
+	bin, dpBin := o.binary, o.binaryDP
+	if bin == "" || dpBin == "" {
 		tmp, err := os.MkdirTemp("", "imagebuild-")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(tmp)
-		bin = filepath.Join(tmp, "sriov-cdi")
-		if err := buildBinary(o, bin); err != nil {
-			return err
+		if bin == "" {
+			bin = filepath.Join(tmp, "sriov-cdi")
+			if err := buildBinary(o, bin, ""); err != nil {
+				return err
+			}
+		}
+		if dpBin == "" {
+			dpBin = filepath.Join(tmp, "sriov-cdi-dp")
+			if err := buildBinary(o, dpBin, "nodra"); err != nil {
+				return err
+			}
 		}
 	}
-	img, err := Build(o, bin)
+	img, err := Build(o, bin, dpBin)
 	if err != nil {
 		return err
 	}
@@ -186,16 +201,20 @@ func gitOutput(dir string, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// buildBinary builds ./cmd/sriov-cdi reproducibly into out.
-func buildBinary(o options, out string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false",
-		"-ldflags", "-s -w -buildid= -X "+versionPkg+"="+o.version,
-		"-o", out, "./cmd/sriov-cdi")
+// buildBinary builds ./cmd/sriov-cdi reproducibly into out, with the build
+// tags in tags ("" for none).
+func buildBinary(o options, out, tags string) error {
+	args := []string{"build", "-trimpath", "-buildvcs=false"}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	args = append(args, "-ldflags", "-s -w -buildid= -X "+versionPkg+"="+o.version, "-o", out, "./cmd/sriov-cdi")
+	cmd := exec.Command("go", args...)
 	cmd.Dir = o.repo
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+o.arch, "GOFLAGS=-buildvcs=false")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build ./cmd/sriov-cdi (GOARCH=%s): %w", o.arch, err)
+		return fmt.Errorf("go build -tags %q ./cmd/sriov-cdi (GOARCH=%s): %w", tags, o.arch, err)
 	}
 	if o.arch == runtime.GOARCH && runtime.GOOS == "linux" {
 		v, err := exec.Command(out, "version").CombinedOutput()
@@ -219,7 +238,7 @@ type entry struct {
 
 // Layer returns the image's one layer as an uncompressed tar: every entry
 // sorted by name, owned by numeric IDs, stamped with the epoch.
-func Layer(bin, pciIDs []byte, epoch time.Time) ([]byte, error) {
+func Layer(bin, dpBin, pciIDs []byte, epoch time.Time) ([]byte, error) {
 	entries := []entry{
 		{name: "etc/", mode: 0o755},
 		{name: "home/", mode: 0o755},
@@ -228,6 +247,7 @@ func Layer(bin, pciIDs []byte, epoch time.Time) ([]byte, error) {
 		{name: "usr/", mode: 0o755},
 		{name: "usr/bin/", mode: 0o755},
 		{name: binaryPath, mode: 0o755, data: bin},
+		{name: dpBinaryPath, mode: 0o755, data: dpBin},
 		{name: "usr/share/", mode: 0o755},
 		{name: "usr/share/misc/", mode: 0o755},
 		{name: pciIDsPath, mode: 0o644, data: pciIDs},
@@ -277,21 +297,23 @@ func Layer(bin, pciIDs []byte, epoch time.Time) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// Build assembles the image from the binary at bin.
-func Build(o options, bin string) (v1.Image, error) {
-	binData, err := os.ReadFile(bin)
+// Build assembles the image from the full binary at bin and the
+// device-plugin-only one at dpBin.
+func Build(o options, bin, dpBin string) (v1.Image, error) {
+	binData, err := readELF(bin)
 	if err != nil {
-		return nil, fmt.Errorf("read the binary: %w", err)
+		return nil, err
 	}
-	if len(binData) < 4 || string(binData[:4]) != "\x7fELF" {
-		return nil, fmt.Errorf("%s is not an ELF binary", bin)
+	dpData, err := readELF(dpBin)
+	if err != nil {
+		return nil, err
 	}
 	pci, err := os.ReadFile(o.pciIDs)
 	if err != nil {
 		return nil, fmt.Errorf("pci.ids (device names in the image): %w; on Debian: apt-get install pci.ids, or pass -pci-ids FILE", err)
 	}
 	epoch := time.Unix(o.epoch, 0).UTC()
-	layerTar, err := Layer(binData, pci, epoch)
+	layerTar, err := Layer(binData, dpData, pci, epoch)
 	if err != nil {
 		return nil, fmt.Errorf("layer: %w", err)
 	}
@@ -331,6 +353,17 @@ func Build(o options, bin string) (v1.Image, error) {
 		return nil, err
 	}
 	return img, nil
+}
+
+func readELF(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read the binary: %w", err)
+	}
+	if len(b) < 4 || string(b[:4]) != "\x7fELF" {
+		return nil, fmt.Errorf("%s is not an ELF binary", path)
+	}
+	return b, nil
 }
 
 // Labels are the OCI annotations of the image config (the Dockerfile sets

@@ -3,15 +3,19 @@
 #
 # For each size: a synthetic sysfs tree (sysfstest layout) bind-mounted over
 # /sys inside `unshare --mount --net`, one dummy link per netdev of the tree,
-# the real static binary (make build) started with the DaemonSet's
-# environment, and a kubelet stand-in (e2e/bench/hostbench) that measures
+# the real static binaries (make build) started with the DaemonSet's
+# environment — sriov-cdi-dp, what the chart runs for device-plugin pools,
+# and sriov-cdi, the full binary with the DRA driver it runs when a pool has
+# api: dra — and a kubelet stand-in (e2e/bench/hostbench) that measures
 # start -> every pool listed, Allocate p50/p99 (kernel and vfio pools),
 # uevent and link change -> ListAndWatch update, a quiet rescan's CPU and
-# peak RSS. A second run per size points --sysfs-root at the tree itself
+# peak RSS with Pss_Anon / Pss_File (heap against binary pages). A second run per size points --sysfs-root at the tree itself
 # (no live checks) for comparison. Prints a markdown table.
 #
 #   SIZES="256 1024"            sizes to run (default 256 1024 4096)
-#   SRIOV_CDI_BIN=/path/binary  measure another build (default: make build)
+#   SRIOV_CDI_BIN="/a /b"       measure other builds (default: make build's
+#                               bin/sriov-cdi-dp and bin/sriov-cdi)
+#   MODES="live"                sysfs modes (default live no-live)
 #   START_TIMEOUT=10m           give up on a size whose lists take longer
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
@@ -24,23 +28,28 @@ if ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then
 fi
 cd "$(dirname "$0")/../.."
 GO=${GO:-go}
-bin=${SRIOV_CDI_BIN:-}
-if [ -z "$bin" ]; then
+bins=${SRIOV_CDI_BIN:-}
+if [ -z "$bins" ]; then
   make --no-print-directory build >&2
-  bin=$PWD/bin/sriov-cdi
+  bins="$PWD/bin/sriov-cdi-dp $PWD/bin/sriov-cdi"
 fi
 work=$(mktemp -d /tmp/bench-host.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 CGO_ENABLED=0 $GO build -o "$work/hostbench" ./e2e/bench/hostbench
-echo "binary: $bin ($("$bin" version 2>/dev/null || echo unknown)); $(nproc) CPUs"
+for bin in $bins; do
+  echo "binary: $bin ($("$bin" version 2>/dev/null || echo unknown), $(du -h "$bin" | cut -f1))"
+done
+echo "$(nproc) CPUs"
 echo
 "$work/hostbench" -header
 for n in ${SIZES:-256 1024 4096}; do
-  for mode in live no-live; do
-    args=(-bin "$bin" -vfs "$n" -work "$work/$n-$mode" -start-timeout "${START_TIMEOUT:-10m}")
-    [ "$mode" = no-live ] && args+=(-no-live)
-    # A private mount and network namespace: nothing leaks to the host.
-    unshare --mount --net --fork -- "$work/hostbench" "${args[@]}" || echo "| $n | — | $mode | failed (see above) |"
-    rmdir "$work/$n-$mode" 2>/dev/null || rm -rf "$work/$n-$mode"
+  for mode in ${MODES:-live no-live}; do
+    for bin in $bins; do
+      args=(-bin "$bin" -vfs "$n" -work "$work/$n-$mode" -start-timeout "${START_TIMEOUT:-10m}")
+      [ "$mode" = no-live ] && args+=(-no-live)
+      # A private mount and network namespace: nothing leaks to the host.
+      unshare --mount --net --fork -- "$work/hostbench" "${args[@]}" || echo "| $(basename "$bin") | $n | — | $mode | failed (see above) |"
+      rmdir "$work/$n-$mode" 2>/dev/null || rm -rf "$work/$n-$mode"
+    done
   done
 done

@@ -87,6 +87,8 @@ type result struct {
 	tickCPU              time.Duration
 	specWrites           int
 	hwmKiB               int
+	pssAnon, pssFile     int // KiB, smaps_rollup at the end
+	bin                  string
 	startTimedOut, noUpd bool
 }
 
@@ -155,7 +157,7 @@ func run(bin, work string, vfs int, noLive bool, ticks int, allocBudget time.Dur
 		"SRIOV_CDI_LOG_FORMAT=json",
 	)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	r := result{vfs: vfs, netdevs: len(netdevs)}
+	r := result{vfs: vfs, netdevs: len(netdevs), bin: filepath.Base(bin)}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return "", err
@@ -170,6 +172,7 @@ func run(bin, work string, vfs int, noLive bool, ticks int, allocBudget time.Dur
 		if errors.Is(err, errTimeout) {
 			r.startTimedOut = true
 			r.hwmKiB = vmHWM(cmd.Process.Pid)
+			r.pssAnon, r.pssFile = pss(cmd.Process.Pid)
 			return r.row(noLive), nil
 		}
 		return "", err
@@ -221,6 +224,7 @@ func run(bin, work string, vfs int, noLive bool, ticks int, allocBudget time.Dur
 		}
 	}
 	r.hwmKiB = vmHWM(cmd.Process.Pid)
+	r.pssAnon, r.pssFile = pss(cmd.Process.Pid)
 	return r.row(noLive), nil
 }
 
@@ -230,14 +234,19 @@ func (r result) row(noLive bool) string {
 		mode = "tree (no live checks)"
 	}
 	if r.startTimedOut {
-		return fmt.Sprintf("| %d | %d | %s | > %v | — | — | — | — | — | %.1f |", r.vfs, r.netdevs, mode, startTimeout, float64(r.hwmKiB)/1024)
+		return fmt.Sprintf("| %s | %d | %d | %s | > %v | — | — | — | — | — | %s |", r.bin, r.vfs, r.netdevs, mode, startTimeout, r.mem())
 	}
-	return fmt.Sprintf("| %d | %d | %s | %s | %s | %s | %s | %s | %s (%d spec writes) | %.1f |",
-		r.vfs, r.netdevs, mode, ms(r.startToLists), pct(r.allocKernel)+failed(r.allocKernelErr), pct(r.allocVFIO)+failed(r.allocVFIOErr), pct(r.uevent), pct(r.link),
-		ms(r.tickCPU), r.specWrites, float64(r.hwmKiB)/1024)
+	return fmt.Sprintf("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s (%d spec writes) | %s |",
+		r.bin, r.vfs, r.netdevs, mode, ms(r.startToLists), pct(r.allocKernel)+failed(r.allocKernelErr), pct(r.allocVFIO)+failed(r.allocVFIOErr), pct(r.uevent), pct(r.link),
+		ms(r.tickCPU), r.specWrites, r.mem())
 }
 
-const header = "| VFs | netdevs | sysfs | start → all lists | Allocate kernel p50 / p99 (n) | Allocate vfio p50 / p99 (n) | uevent → list p50 / p99 (n) | link down/up → list p50 / p99 (n) | quiet 5 s tick CPU | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|"
+// mem is "peak RSS (Pss_Anon / Pss_File)" in MiB.
+func (r result) mem() string {
+	return fmt.Sprintf("%.1f (%.1f / %.1f)", float64(r.hwmKiB)/1024, float64(r.pssAnon)/1024, float64(r.pssFile)/1024)
+}
+
+const header = "| binary | VFs | netdevs | sysfs | start → all lists | Allocate kernel p50 / p99 (n) | Allocate vfio p50 / p99 (n) | uevent → list p50 / p99 (n) | link down/up → list p50 / p99 (n) | quiet 5 s tick CPU | peak RSS MiB (Pss_Anon / Pss_File) |\n|---|---|---|---|---|---|---|---|---|---|---|"
 
 func failed(err error) string {
 	if err == nil {
@@ -477,6 +486,29 @@ func vmHWM(pid int) int {
 		}
 	}
 	return 0
+}
+
+// pss returns Pss_Anon and Pss_File of /proc/<pid>/smaps_rollup in KiB
+// (0 when unreadable): anonymous memory against binary pages touched.
+func pss(pid int) (anon, file int) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, l := range strings.Split(string(raw), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		switch k {
+		case "Pss_Anon":
+			anon = kb
+		case "Pss_File":
+			file = kb
+		}
+	}
+	return anon, file
 }
 
 func mtimes(dir string) map[string]time.Time {

@@ -83,6 +83,27 @@ vhostUser.baseDir of every pool in `config` (when configFile is empty), each onc
 {{- default "sriov-cdi.io" $c.resourcePrefix }}
 {{- end }}
 
+{{/*
+The binary the containers run: /usr/bin/sriov-cdi-dp (built with -tags nodra: no client-go,
+about half the resident memory) unless a pool has api: dra, or plugin.binary says otherwise.
+*/}}
+{{- define "sriov-cdi.binary" -}}
+{{- $b := .Values.plugin.binary | default "auto" -}}
+{{- if eq $b "full" -}}
+/usr/bin/sriov-cdi
+{{- else if eq $b "dp" -}}
+/usr/bin/sriov-cdi-dp
+{{- else if eq $b "auto" -}}
+{{- if include "sriov-cdi.draPools" . -}}
+/usr/bin/sriov-cdi
+{{- else -}}
+/usr/bin/sriov-cdi-dp
+{{- end -}}
+{{- else -}}
+{{- fail (printf "plugin.binary %q: use auto, full or dp" $b) -}}
+{{- end -}}
+{{- end }}
+
 {{/* The names of the pools with api: dra, comma-separated ("" when none). */}}
 {{- define "sriov-cdi.draPools" -}}
 {{- $c := include "sriov-cdi.configObject" . | fromJson }}

@@ -2,11 +2,14 @@ package cdi
 
 import (
 	"fmt"
+	"strings"
 
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
+	"github.com/sriov-cdi/sriov-cdi/core/config"
 	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/core/vhostuser"
+	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
 // vhostUserSpec fills spec with one device per slot of a vhost-user pool:
@@ -36,6 +39,33 @@ func vhostUserSpec(spec *cdispec.Spec, p *pool.Pool) (*cdispec.Spec, error) {
 		spec.Devices = append(spec.Devices, cdispec.Device{Name: a.Key, ContainerEdits: a.Edits})
 	}
 	var err error
+	if spec.Version, err = cdispec.MinimumRequiredVersion(spec); err != nil {
+		return nil, fmt.Errorf("pool %q: choose the CDI version: %w", p.Name, err)
+	}
+	return spec, nil
+}
+
+// ClaimVhostUserSpecFor builds the CDI spec of the slots of vhost-user
+// pool p prepared for the claim with UID uid (DRA): one device per
+// allocation (its Key is the slot ID), named ClaimDeviceName, with the
+// allocation's edits — the bind mount of its per-claim host directory and
+// its variable — and, spec-wide, VhostUserEnv(resource) listing the
+// claim's sockets in the container.
+func ClaimVhostUserSpecFor(p *pool.Pool, uid string, allocs []vhostuser.Allocation) (*cdispec.Spec, error) {
+	if uid == "" || strings.ContainsAny(uid, "/ ") {
+		return nil, fmt.Errorf("claim UID %q cannot name a CDI device", uid)
+	}
+	vendor, class, err := KindOf(p.Resource)
+	if err != nil {
+		return nil, fmt.Errorf("pool %q: %w", p.Name, err)
+	}
+	spec := &cdispec.Spec{Kind: vendor + "/" + class}
+	socks := make([]string, 0, len(allocs))
+	for _, a := range allocs {
+		spec.Devices = append(spec.Devices, cdispec.Device{Name: ClaimDeviceName(uid, sysfs.Address(a.Key)), ContainerEdits: a.Edits})
+		socks = append(socks, a.ContainerSocket)
+	}
+	spec.ContainerEdits.Env = []string{config.VhostUserEnv(p.Resource) + "=" + strings.Join(socks, ",")}
 	if spec.Version, err = cdispec.MinimumRequiredVersion(spec); err != nil {
 		return nil, fmt.Errorf("pool %q: choose the CDI version: %w", p.Name, err)
 	}

@@ -48,6 +48,24 @@ type PreparedDevice struct {
 	// driver (the pool's restoreOnRelease when prepared).
 	Bound   []sysfs.Address `json:"bound,omitempty"`
 	Restore bool            `json:"restore,omitempty"`
+	// VhostUser is the directory prepared for a vhost-user slot.
+	VhostUser *PreparedVhostUser `json:"vhostUser,omitempty"`
+}
+
+// PreparedVhostUser is what unpreparing a vhost-user slot removes, and
+// what the claim's device metadata says.
+type PreparedVhostUser struct {
+	// BaseDir and Prefix locate the directory: BaseDir/<Prefix><Slot>
+	// (HostDir, recorded for people).
+	BaseDir string `json:"baseDir"`
+	Prefix  string `json:"prefix"`
+	Slot    string `json:"slot"`
+	HostDir string `json:"hostDir"`
+	// ContainerSocket and SocketMode go into the device metadata.
+	ContainerSocket string `json:"containerSocket"`
+	SocketMode      string `json:"socketMode"`
+	// DeviceInfo is the device-info file written for the slot; "": none.
+	DeviceInfo string `json:"deviceInfo,omitempty"`
 }
 
 // loadCheckpoint reads path; a missing file is an empty checkpoint.
@@ -117,6 +135,19 @@ func (cp *Checkpoint) preparedFor(a sysfs.Address) (string, *PreparedClaim) {
 				if m == a {
 					return uid, c
 				}
+			}
+		}
+	}
+	return "", nil
+}
+
+// preparedSlot returns the claim (by UID) holding vhost-user slot id of
+// pool poolName, or "".
+func (cp *Checkpoint) preparedSlot(poolName string, id sysfs.Address) (string, *PreparedClaim) {
+	for uid, c := range cp.Claims {
+		for _, d := range c.Devices {
+			if d.VhostUser != nil && d.Pool == poolName && d.Unit == id {
+				return uid, c
 			}
 		}
 	}

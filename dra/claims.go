@@ -42,7 +42,7 @@ func claimUnits(claim *resourceapi.ResourceClaim, driver string, plan *pool.Plan
 			bad("no DRA pool %q on this node (the config changed since the claim was allocated?)", r.Pool)
 			continue
 		}
-		id, err := ParseDeviceName(r.Device)
+		id, err := ParsePoolDeviceName(p, r.Device)
 		if err != nil {
 			bad("%v", err)
 			continue
@@ -72,16 +72,27 @@ func claimUnits(claim *resourceapi.ResourceClaim, driver string, plan *pool.Plan
 // claims, and the driver is the last line of defence.
 func conflicts(cp *Checkpoint, uid string, devs []claimDevice) error {
 	var errs []error
-	seen := map[sysfs.Address]string{}
+	seen := map[string]string{}
 	for _, d := range devs {
-		for _, m := range d.Unit.Members {
-			if other, c := cp.preparedFor(m); other != "" && other != uid {
+		// A PCI unit is held through its functions; a vhost-user slot has
+		// none and is held as itself, within its pool.
+		ids, slot := d.Unit.Members, len(d.Unit.Members) == 0
+		if slot {
+			ids = []sysfs.Address{d.Unit.ID}
+		}
+		for _, m := range ids {
+			other, c := cp.preparedFor(m)
+			if slot {
+				other, c = cp.preparedSlot(d.Pool.Name, m)
+			}
+			if other != "" && other != uid {
 				errs = append(errs, fmt.Errorf("device %s/%s (%s) is already prepared for claim %s/%s (UID %s); a device serves one claim", d.Pool.Name, d.Device, m, c.Namespace, c.Name, other))
 			}
-			if req, dup := seen[m]; dup && req != d.Request {
+			k := d.Pool.Name + "/" + string(m)
+			if req, dup := seen[k]; dup && req != d.Request {
 				errs = append(errs, fmt.Errorf("device %s/%s (%s) is allocated twice in the claim (requests %q and %q)", d.Pool.Name, d.Device, m, req, d.Request))
 			}
-			seen[m] = d.Request
+			seen[k] = d.Request
 		}
 	}
 	return joinErrs(errs)

@@ -24,7 +24,9 @@ import (
 
 	"github.com/sriov-cdi/sriov-cdi/cdi"
 	"github.com/sriov-cdi/sriov-cdi/core/config"
+	"github.com/sriov-cdi/sriov-cdi/core/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/core/pool"
+	"github.com/sriov-cdi/sriov-cdi/core/vhostuser"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
@@ -66,6 +68,9 @@ type Options struct {
 	CDIDir                 string     // per-claim CDI specs; default /var/run/cdi
 	Root                   sysfs.Root // where /dev is, for spec host paths
 	Binder                 Binder     // nil: kernel pools only
+	// DeviceInfo writes a device-info file (type vhost-user) for each
+	// prepared vhost-user slot; nil: none.
+	DeviceInfo *deviceinfo.Writer
 	// Taints publishes unhealthy devices as tainted (DRADeviceTaints).
 	Taints bool
 	// Metadata writes KEP-5304 device metadata files (pciBusID etc.) and
@@ -106,7 +111,10 @@ type Driver struct {
 
 	cpMu     sync.Mutex // the checkpoint file; held across a prepare
 	prepared atomic.Pointer[Checkpoint]
-	ready    atomic.Bool
+	// vhostReconciled: the vhost-user pools (name and base directory)
+	// whose directories were reconciled with the checkpoint; cpMu.
+	vhostReconciled map[string]bool
+	ready           atomic.Bool
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
@@ -170,7 +178,8 @@ func newDriver(o Options) (*Driver, error) {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
-	d := &Driver{o: o, log: o.Log, cpPath: filepath.Join(o.PluginDir, CheckpointFile), changed: make(chan struct{})}
+	d := &Driver{o: o, log: o.Log, cpPath: filepath.Join(o.PluginDir, CheckpointFile), changed: make(chan struct{}),
+		vhostReconciled: map[string]bool{}}
 	cp, err := loadCheckpoint(d.cpPath)
 	if err != nil {
 		return nil, err
@@ -187,6 +196,7 @@ func (d *Driver) Stop() { d.helper.Stop() }
 // pools of plan when they differ from what was published, and updates the
 // health reports. It does not block on the API server.
 func (d *Driver) Publish(plan *pool.Plan, h *sysfs.Host) {
+	d.reconcileVhostUser(plan)
 	extra := groupChanged(d.prepared.Load(), plan)
 	res := Resources(plan, h, PublishOptions{Driver: d.o.DriverName, Taints: d.o.Taints, Unhealthy: extra})
 	health := HealthOf(plan, extra, time.Now())
@@ -269,8 +279,10 @@ func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) ([]k
 		return nil, fmt.Errorf("claim %s/%s: %w", c.Namespace, c.Name, err)
 	}
 	pc := &PreparedClaim{Namespace: c.Namespace, Name: c.Name}
-	var undo []sysfs.Address // functions bound by this call
+	var undo []sysfs.Address  // functions bound by this call
+	var vhost []vhostPrepared // vhost-user slots prepared by this call
 	fail := func(err error) ([]kubeletplugin.Device, error) {
+		d.releaseVhostUser(vhost)
 		if len(undo) > 0 {
 			if rerr := d.o.Binder.Restore(context.WithoutCancel(ctx), undo); rerr != nil {
 				err = fmt.Errorf("%w; roll back: %w (`sriov-cdi restore` finishes it)", err, rerr)
@@ -308,8 +320,22 @@ func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) ([]k
 		if err != nil {
 			return fail(err)
 		}
-		spec, err := cdi.ClaimSpecFor(p, units, h, d.o.Root, uid)
-		if err != nil {
+		var spec *cdispec.Spec
+		if p.Mode == config.ModeVhostUser {
+			vp, err := d.prepareVhostUser(p, uid, units)
+			if err != nil {
+				return fail(err)
+			}
+			vhost = append(vhost, vp...)
+			allocs := make([]vhostuser.Allocation, len(vp))
+			for j := range vp {
+				allocs[j] = vp[j].alloc
+			}
+			spec, err = cdi.ClaimVhostUserSpecFor(p, uid, allocs)
+			if err != nil {
+				return fail(err)
+			}
+		} else if spec, err = cdi.ClaimSpecFor(p, units, h, d.o.Root, uid); err != nil {
 			return fail(err)
 		}
 		specs = append(specs, spec)
@@ -331,6 +357,11 @@ func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) ([]k
 				pd.Bound = append(pd.Bound, m)
 			}
 		}
+		for _, vp := range vhost {
+			if dv.Pool.Mode == config.ModeVhostUser && vp.rec.Prefix == vhostClaimPrefix(dv.Pool.Name, uid) && vp.rec.Slot == string(dv.Unit.ID) {
+				pd.VhostUser = vp.rec
+			}
+		}
 		pc.Devices = append(pc.Devices, pd)
 	}
 	next := cp.with(uid, pc)
@@ -349,7 +380,10 @@ func (d *Driver) answer(pc *PreparedClaim) []kubeletplugin.Device {
 	out := make([]kubeletplugin.Device, 0, len(pc.Devices))
 	for _, pd := range pc.Devices {
 		dev := kubeletplugin.Device{Requests: pd.Requests, PoolName: pd.Pool, DeviceName: pd.Device, CDIDeviceIDs: pd.CDIIDs}
-		if d.o.Metadata {
+		switch {
+		case d.o.Metadata && pd.VhostUser != nil:
+			dev.Metadata = &kubeletplugin.DeviceMetadata{Attributes: vhostMetadata(pd.VhostUser, d.o.DriverName)}
+		case d.o.Metadata:
 			dev.Metadata = &kubeletplugin.DeviceMetadata{Attributes: metadataFor(pd, h, d.o.DriverName)}
 		}
 		out = append(out, dev)
@@ -383,6 +417,14 @@ func (d *Driver) unprepare(ctx context.Context, uid string) error {
 	}
 	if err := cdi.RemoveClaimSpecs(d.o.CDIDir, pc.SpecFiles); err != nil {
 		return err
+	}
+	for _, pd := range pc.Devices {
+		if pd.VhostUser == nil {
+			continue
+		}
+		if err := releaseSlot(pd.VhostUser, d.log.With(zap.String("pool", pd.Pool), zap.String("uid", uid))); err != nil {
+			return fmt.Errorf("claim %s/%s: vhost-user slot %s/%s: %w", pc.Namespace, pc.Name, pd.Pool, pd.Device, err)
+		}
 	}
 	var restore []sysfs.Address
 	for _, pd := range pc.Devices {

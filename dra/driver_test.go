@@ -23,6 +23,7 @@ import (
 
 	"github.com/sriov-cdi/sriov-cdi/core/binding"
 	"github.com/sriov-cdi/sriov-cdi/core/config"
+	"github.com/sriov-cdi/sriov-cdi/core/deviceinfo"
 	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
@@ -59,6 +60,13 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	return newRigWith(t, driverCfg)
+}
+
+// newRigWith is newRig with another config; "$DIR" in it is the rig's
+// temporary directory.
+func newRigWith(t *testing.T, cfg string) *rig {
+	t.Helper()
 	r := &rig{dir: t.TempDir(), log: zaptest.NewLogger(t)}
 	host := filepath.Join(r.dir, "host")
 	b := sysfstest.SRIOVNICHost(host, 2, 2)
@@ -75,7 +83,7 @@ func newRig(t *testing.T) *rig {
 		binding.WithTimeout(2*time.Second), binding.WithPollInterval(time.Millisecond), binding.WithFault("")); err != nil {
 		t.Fatal(err)
 	}
-	if r.cfg, err = config.Parse("test.yaml", []byte(driverCfg)); err != nil {
+	if r.cfg, err = config.Parse("test.yaml", []byte(strings.ReplaceAll(cfg, "$DIR", r.dir))); err != nil {
 		t.Fatal(err)
 	}
 	r.cdiDir, r.pluginDir, r.regDir = filepath.Join(r.dir, "cdi"), filepath.Join(r.dir, "plugins", "example.com"), filepath.Join(r.dir, "registry")
@@ -97,6 +105,7 @@ func (r *rig) start(t *testing.T) {
 		DriverName: "example.com", NodeName: "node1", Client: r.client,
 		PluginDir: r.pluginDir, RegistryDir: r.regDir, CDIDir: r.cdiDir, Root: r.root,
 		Binder: binding.ForClaim{M: r.bm}, Metadata: true, Log: r.log,
+		DeviceInfo: &deviceinfo.Writer{Dir: filepath.Join(r.dir, "devinfo")},
 	})
 	if err != nil {
 		cancel()

@@ -26,7 +26,7 @@ func HealthOf(plan *pool.Plan, extra map[sysfs.Address]string, _ time.Time) []ku
 			continue
 		}
 		for _, u := range p.Units {
-			h := kubeletplugin.DeviceHealth{PoolName: p.Name, DeviceName: DeviceName(u.ID), Health: kubeletplugin.HealthStatusHealthy}
+			h := kubeletplugin.DeviceHealth{PoolName: p.Name, DeviceName: PoolDeviceName(p, u.ID), Health: kubeletplugin.HealthStatusHealthy}
 			switch {
 			case !u.Healthy:
 				h.Health, h.Message = kubeletplugin.HealthStatusUnhealthy, u.Reason

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/sriov-cdi/sriov-cdi/core/config"
+	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
@@ -32,4 +34,26 @@ func ParseDeviceName(name string) (sysfs.Address, error) {
 		return "", fmt.Errorf("device name %q: %w", name, err)
 	}
 	return a, nil
+}
+
+// PoolDeviceName is the DRA device name of unit id of pool p: a vhost-user
+// slot keeps its ID ("slot-3", already a DNS label), a PCI unit gets
+// DeviceName.
+func PoolDeviceName(p *pool.Pool, id sysfs.Address) string {
+	if p.Mode == config.ModeVhostUser {
+		return string(id)
+	}
+	return DeviceName(id)
+}
+
+// ParsePoolDeviceName returns the unit ID a device name of pool p stands
+// for (the inverse of PoolDeviceName).
+func ParsePoolDeviceName(p *pool.Pool, name string) (sysfs.Address, error) {
+	if p.Mode != config.ModeVhostUser {
+		return ParseDeviceName(name)
+	}
+	if _, ok := config.ParseVhostUserSlotID(name); !ok {
+		return "", fmt.Errorf("device name %q is not a slot of vhost-user pool %q (want slot-<N>, e.g. slot-0)", name, p.Name)
+	}
+	return sysfs.Address(name), nil
 }

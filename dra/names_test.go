@@ -5,6 +5,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/sriov-cdi/sriov-cdi/core/config"
+	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
@@ -37,5 +39,35 @@ func TestParseDeviceNameRefuses(t *testing.T) {
 		if a, err := ParseDeviceName(name); err == nil {
 			t.Errorf("ParseDeviceName(%q) = %q, want an error", name, a)
 		}
+	}
+}
+
+func TestPoolDeviceName(t *testing.T) {
+	vhu := &pool.Pool{Name: "vhu", Mode: config.ModeVhostUser}
+	vf := &pool.Pool{Name: "vf", Mode: config.ModeKernel}
+	for _, tc := range []struct {
+		p    *pool.Pool
+		id   sysfs.Address
+		want string
+	}{
+		{vhu, "slot-0", "slot-0"},
+		{vhu, "slot-1023", "slot-1023"},
+		{vf, "0000:3b:02.0", "pci-0000-3b-02-0"},
+	} {
+		got := PoolDeviceName(tc.p, tc.id)
+		if got != tc.want {
+			t.Errorf("PoolDeviceName(%s, %s) = %q, want %q", tc.p.Name, tc.id, got, tc.want)
+		}
+		if back, err := ParsePoolDeviceName(tc.p, got); err != nil || back != tc.id {
+			t.Errorf("ParsePoolDeviceName(%s, %q) = %q, %v", tc.p.Name, got, back, err)
+		}
+	}
+	for _, name := range []string{"pci-0000-3b-02-0", "slot-01", "slot-", "slot--1", "slot-x", "gpu-0"} {
+		if a, err := ParsePoolDeviceName(vhu, name); err == nil {
+			t.Errorf("ParsePoolDeviceName(vhu, %q) = %q, want an error", name, a)
+		}
+	}
+	if a, err := ParsePoolDeviceName(vf, "slot-0"); err == nil {
+		t.Errorf("ParsePoolDeviceName(vf, slot-0) = %q, want an error", a)
 	}
 }

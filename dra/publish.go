@@ -33,6 +33,12 @@ const (
 	AttrDriver     resourceapi.QualifiedName = "driver"
 	AttrLinkType   resourceapi.QualifiedName = "linkType"
 	AttrRDMA       resourceapi.QualifiedName = "rdmaDevice"
+	// AttrSocketMode is a vhost-user slot's socket mode (server: the
+	// container creates the socket; client: the switch does).
+	AttrSocketMode resourceapi.QualifiedName = "socketMode"
+	// AttrSocketPath is a prepared slot's socket path in the container
+	// (device metadata only).
+	AttrSocketPath resourceapi.QualifiedName = "socketPath"
 )
 
 // Per-slice device limits of resource.k8s.io/v1: 128, or 64 when any
@@ -129,6 +135,9 @@ func Resources(plan *pool.Plan, h *sysfs.Host, o PublishOptions) resourceslice.D
 // bucket is a unit's slice key; see Resources. Keys sort PFs' VFs first
 // by PF address, then other functions by bus.
 func bucket(u *pool.Unit, perSlice int) string {
+	if n, ok := config.ParseVhostUserSlotID(string(u.ID)); ok {
+		return fmt.Sprintf("slot/%04d", n/perSlice)
+	}
 	if u.PF != "" && u.VFIndex >= 0 {
 		return fmt.Sprintf("vf/%s/%04d", u.PF, u.VFIndex/perSlice)
 	}
@@ -156,6 +165,9 @@ func UnhealthyTaint(driver, _ string) resourceapi.DeviceTaint {
 // container gets), and a VF's own netdev (gone when bound to vfio-pci or
 // moved into a pod) is not published.
 func DeviceFor(p *pool.Pool, u *pool.Unit, h *sysfs.Host, driver string) resourceapi.Device {
+	if p.Mode == config.ModeVhostUser {
+		return vhostUserDevice(p, u)
+	}
 	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
 		deviceattribute.StandardDeviceAttributePCIBusID: str(string(u.ID)),
 		AttrPool:      str(p.Name),
@@ -209,7 +221,26 @@ func DeviceFor(p *pool.Pool, u *pool.Unit, h *sysfs.Host, driver string) resourc
 			delete(attrs, k) // the API refuses longer values; an attribute is a nicety
 		}
 	}
-	return resourceapi.Device{Name: DeviceName(u.ID), Attributes: attrs}
+	return resourceapi.Device{Name: PoolDeviceName(p, u.ID), Attributes: attrs}
+}
+
+// vhostUserDevice is the DRA device of slot u of vhost-user pool p: named
+// by the slot ID, with the pool, the mode, the switch's NUMA node (also as
+// resource.kubernetes.io/numaNode when known) and the socket mode. A slot
+// has no PCI function, so no PCI attributes.
+func vhostUserDevice(p *pool.Pool, u *pool.Unit) resourceapi.Device {
+	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
+		AttrPool:     str(p.Name),
+		AttrMode:     str(string(p.Mode)),
+		AttrNUMANode: integer(int64(u.NUMANode)),
+	}
+	if u.NUMANode >= 0 {
+		attrs[deviceattribute.StandardDeviceAttributeNUMANode] = integer(int64(u.NUMANode))
+	}
+	if p.Config != nil && p.Config.VhostUser != nil {
+		attrs[AttrSocketMode] = str(string(p.Config.VhostUser.SocketMode))
+	}
+	return resourceapi.Device{Name: PoolDeviceName(p, u.ID), Attributes: attrs}
 }
 
 // pcieRoot is the PCIe root complex of a function from its canonical sysfs

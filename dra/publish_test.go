@@ -1,11 +1,15 @@
 package dra
 
 import (
+	"maps"
 	"path/filepath"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/dynamic-resource-allocation/deviceattribute"
 
 	"github.com/sriov-cdi/sriov-cdi/core/config"
@@ -203,10 +207,84 @@ func TestBucket(t *testing.T) {
 		{pool.Unit{ID: "0000:5e:00.0", VFIndex: -1}, 128, "fn/0000:5e/0000"},
 		{pool.Unit{ID: "0000:5e:1f.7", VFIndex: -1}, 128, "fn/0000:5e/0001"},
 		{pool.Unit{ID: "0000:5e:1f.7", VFIndex: -1}, 64, "fn/0000:5e/0003"},
+		{pool.Unit{ID: "slot-0", VFIndex: -1}, 128, "slot/0000"},
+		{pool.Unit{ID: "slot-127", VFIndex: -1}, 128, "slot/0000"},
+		{pool.Unit{ID: "slot-128", VFIndex: -1}, 128, "slot/0001"},
+		{pool.Unit{ID: "slot-1023", VFIndex: -1}, 64, "slot/0015"},
 	}
 	for _, tc := range tests {
 		if got := bucket(&tc.u, tc.per); got != tc.want {
 			t.Errorf("bucket(%s, %d) = %q, want %q", tc.u.ID, tc.per, got, tc.want)
+		}
+	}
+}
+
+const draVhost = `
+resourcePrefix: example.com
+pools:
+  - name: vhu
+    api: dra
+    mode: vhost-user
+    vhostUser: {count: 130, baseDir: /run/vhu, socketMode: client, numaNode: 1}
+  - name: vhu-nonuma
+    api: dra
+    mode: vhost-user
+    vhostUser: {count: 1, baseDir: /run/vhu}
+  - name: vhu-dp
+    mode: vhost-user
+    vhostUser: {count: 1, baseDir: /run/vhu}
+`
+
+// A vhost-user pool with api: dra publishes one device per slot, named by
+// the slot, with pool, mode, NUMA node and socket mode and no PCI
+// attributes; 130 slots take two slices; device-plugin pools are not
+// published.
+func TestResourcesVhostUser(t *testing.T) {
+	plan, h := fixture(t, 1, 1, draVhost)
+	res := Resources(plan, h, PublishOptions{Driver: "example.com"})
+	if _, ok := res.Pools["vhu-dp"]; ok || len(res.Pools) != 2 {
+		t.Fatalf("pools = %v, want vhu and vhu-nonuma", slices.Sorted(maps.Keys(res.Pools)))
+	}
+	for _, tc := range []struct {
+		pool, device string
+		slices       int
+		want         map[resourceapi.QualifiedName]resourceapi.DeviceAttribute
+	}{
+		{"vhu", "slot-129", 2, map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
+			AttrPool: str("vhu"), AttrMode: str("vhost-user"), AttrNUMANode: integer(1), AttrSocketMode: str("client"),
+			deviceattribute.StandardDeviceAttributeNUMANode: integer(1),
+		}},
+		{"vhu-nonuma", "slot-0", 1, map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
+			AttrPool: str("vhu-nonuma"), AttrMode: str("vhost-user"), AttrNUMANode: integer(-1), AttrSocketMode: str("server"),
+		}},
+	} {
+		rp := res.Pools[tc.pool]
+		if len(rp.Slices) != tc.slices {
+			t.Errorf("pool %s: %d slices, want %d", tc.pool, len(rp.Slices), tc.slices)
+		}
+		var got *resourceapi.Device
+		for _, s := range rp.Slices {
+			for i := range s.Devices {
+				if errs := validation.IsDNS1123Label(s.Devices[i].Name); len(errs) > 0 {
+					t.Errorf("device name %q: %v", s.Devices[i].Name, errs)
+				}
+				if s.Devices[i].Name == tc.device {
+					got = &s.Devices[i]
+				}
+			}
+		}
+		if got == nil {
+			t.Errorf("pool %s: no device %s", tc.pool, tc.device)
+			continue
+		}
+		if diff := cmp.Diff(tc.want, got.Attributes); diff != "" {
+			t.Errorf("%s/%s attributes (-want +got):\n%s", tc.pool, tc.device, diff)
+		}
+	}
+	// Health reports name the same devices.
+	for _, hr := range HealthOf(plan, nil, time.Time{}) {
+		if hr.PoolName == "vhu-nonuma" && hr.DeviceName != "slot-0" {
+			t.Errorf("health report names %s/%s", hr.PoolName, hr.DeviceName)
 		}
 	}
 }

@@ -120,6 +120,15 @@ func ParseVhostUserSlotID(id string) (int, bool) {
 // with foreign files.
 func VhostUserDirPrefix(poolName string) string { return "sriov-cdi." + poolName + "." }
 
+// VhostUserDRADirPrefix starts the host directory name of every
+// allocation of a DRA vhost-user pool: "sriov-cdi-dra.<pool>." (then
+// "<claim UID>-<slot ID>"). It never starts like a device-plugin pool's
+// prefix, so neither front door's reconcile touches the other's.
+func VhostUserDRADirPrefix(poolName string) string { return "sriov-cdi-dra." + poolName + "." }
+
+// claimUIDLen is the length of a Kubernetes UID (a UUID), for path limits.
+const claimUIDLen = 36
+
 // VhostUserEnv is the variable a container's Allocate answer sets to the
 // comma-separated socket paths (inside the container) of the slots of a
 // resource it got: "SRIOV_CDI_VHOSTUSER_" + resource with every character
@@ -249,8 +258,13 @@ func (c *Config) validateVhostUser(at string, p *Pool, bad func(string, ...any))
 	}
 	last := VhostUserSlotID(v.Count - 1)
 	if baseOK {
-		if sock := v.BaseDir + "/" + VhostUserDirPrefix(p.Name) + last + "/" + v.SocketName; len(sock) > MaxSocketPath {
-			bad("%s.baseDir: the host socket path %s is %d bytes, over the %d a unix socket path holds; shorten baseDir, the pool name or socketName", at, sock, len(sock), MaxSocketPath)
+		dir, why := VhostUserDirPrefix(p.Name)+last, ""
+		if p.API == APIDRA {
+			dir = VhostUserDRADirPrefix(p.Name) + strings.Repeat("u", claimUIDLen) + "-" + last
+			why = " (a DRA pool's directory name carries the claim's 36-byte UID)"
+		}
+		if sock := v.BaseDir + "/" + dir + "/" + v.SocketName; len(sock) > MaxSocketPath {
+			bad("%s.baseDir: the host socket path %s is %d bytes, over the %d a unix socket path holds%s; shorten baseDir, the pool name or socketName", at, sock, len(sock), MaxSocketPath, why)
 		}
 	}
 	if ctrOK {

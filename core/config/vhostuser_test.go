@@ -132,3 +132,28 @@ func TestVhostUserNames(t *testing.T) {
 		}
 	}
 }
+
+// A vhost-user pool may use api: dra; its host socket path is checked with
+// the per-claim directory name (36-byte claim UID), which a base the
+// device plugin fits may not.
+func TestParseVhostUserDRA(t *testing.T) {
+	base := "/" + strings.Repeat("b", 40) // dp: 41+1+16+6+1+10 = 75; dra: 41+1+18+36+7+1+10 = 114
+	dp := "pools: [{name: vhu, mode: vhost-user, vhostUser: {count: 2, baseDir: " + base + "}}]"
+	if _, err := Parse("c.yaml", []byte(dp)); err != nil {
+		t.Fatalf("device-plugin pool: %v", err)
+	}
+	c, err := Parse("c.yaml", []byte("pools: [{name: vhu, api: dra, mode: vhost-user, vhostUser: {count: 2, baseDir: /run/vhu}}]"))
+	if err != nil {
+		t.Fatalf("DRA pool: %v", err)
+	}
+	if !c.DRAPools() || c.Pools[0].Mode != ModeVhostUser {
+		t.Errorf("pool = %+v", c.Pools[0])
+	}
+	_, err = Parse("c.yaml", []byte(strings.Replace(dp, "name: vhu,", "name: vhu, api: dra,", 1)))
+	if err == nil || !strings.Contains(err.Error(), "/sriov-cdi-dra.vhu.") || !strings.Contains(err.Error(), "carries the claim's 36-byte UID") {
+		t.Errorf("DRA pool with a long base: err = %v", err)
+	}
+	if got := VhostUserDRADirPrefix("vhu"); got != "sriov-cdi-dra.vhu." || strings.HasPrefix(got, VhostUserDirPrefix("")[:len("sriov-cdi.")]) {
+		t.Errorf("VhostUserDRADirPrefix = %q", got)
+	}
+}

@@ -71,6 +71,12 @@ func New(l Layout, opts ...Option) (*Dirs, error) {
 // ForPool returns the Dirs of a device-plugin vhost-user pool, with the
 // owner, permissions and label of its config.
 func ForPool(resource string, p *config.Pool, log *zap.Logger) (*Dirs, error) {
+	return ForPoolPrefix(resource, p, config.VhostUserDirPrefix(p.Name), log)
+}
+
+// ForPoolPrefix is ForPool with another directory name prefix (the DRA
+// front door's per-claim prefix, config.VhostUserDRADirPrefix + claim).
+func ForPoolPrefix(resource string, p *config.Pool, prefix string, log *zap.Logger) (*Dirs, error) {
 	if p.Mode != config.ModeVhostUser || p.VhostUser == nil {
 		return nil, fmt.Errorf("pool %q is not a vhost-user pool", p.Name)
 	}
@@ -85,7 +91,9 @@ func ForPool(resource string, p *config.Pool, log *zap.Logger) (*Dirs, error) {
 	if perm, ok := config.ParsePermissions(v.Permissions); ok {
 		opts = append(opts, WithPermissions(perm))
 	}
-	d, err := New(LayoutFor(resource, p), opts...)
+	l := LayoutFor(resource, p)
+	l.Prefix = prefix
+	d, err := New(l, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("pool %q: %w", p.Name, err)
 	}

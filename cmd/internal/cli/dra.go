@@ -55,7 +55,7 @@ func startDRA(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, trig
 	drv, err := dra.Start(ctx, dra.Options{
 		DriverName: cfg.ResourcePrefix, NodeName: cmd.String("node-name"), Client: client,
 		PluginDir: cmd.String("kubelet-plugins-dir") + "/" + cfg.ResourcePrefix, RegistryDir: cmd.String("kubelet-registry-dir"),
-		CDIDir: cmd.String("cdi-dir"), Root: opts.Root, Binder: binder,
+		CDIDir: cmd.String("cdi-dir"), Root: opts.Root, Binder: binder, DeviceInfo: opts.DeviceInfo,
 		Taints: cmd.Bool("dra-device-taints"), Metadata: cmd.Bool("dra-device-metadata"),
 		Refresh: trigger, Fatal: fatal, Log: log.Named("dra"),
 	})

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/google/renameio/v2"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/sriov-cdi/sriov-cdi/core/pool"
@@ -113,27 +114,10 @@ func RemoveClaimSpecs(dir string, names []string) error {
 	return errors.Join(errs...)
 }
 
+// writeAtomic replaces path with data (mode exactly, umask ignored): a
+// reader (the CDI cache, a runtime) sees the old file or the new one.
 func writeAtomic(path string, data []byte, mode fs.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("write %q: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := renameio.WriteFile(path, data, mode, renameio.WithStaticPermissions(mode)); err != nil {
 		return fmt.Errorf("write %q: %w", path, err)
 	}
 	return nil

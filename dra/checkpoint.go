@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 )
 
@@ -101,23 +103,7 @@ func (cp *Checkpoint) save(path string) error {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return fmt.Errorf("create DRA checkpoint directory: %w", err)
 	}
-	f, err := os.CreateTemp(dir, ".checkpoint-*")
-	if err != nil {
-		return fmt.Errorf("write DRA checkpoint: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := renameio.WriteFile(path, b, 0o600); err != nil {
 		return fmt.Errorf("write DRA checkpoint %q: %w", path, err)
 	}
 	if d, err := os.Open(dir); err == nil {

@@ -26,14 +26,23 @@ const ClaimSpecFilePrefix = "sriov-cdi-dra_"
 // never answers for a later one.
 func ClaimDeviceName(uid string, id sysfs.Address) string { return uid + "_" + string(id) }
 
+// checkClaimUID refuses a claim UID that cannot be part of a CDI device
+// name (ClaimDeviceName) or a spec file name (ClaimSpecFileName).
+func checkClaimUID(uid string) error {
+	if uid == "" || strings.ContainsAny(uid, "/ ") {
+		return fmt.Errorf("claim UID %q cannot name a CDI device", uid)
+	}
+	return nil
+}
+
 // ClaimSpecFor builds the CDI spec of the units of pool p prepared for the
 // claim with UID uid: the pool's kind, one device per unit named
 // ClaimDeviceName with the edits SpecFor gives it, and, spec-wide, the
 // SR-IOV device plugin's PCIDEVICE_<RESOURCE> and KubeVirt's
 // PCI_RESOURCE_<RESOURCE> listing the claim's functions.
 func ClaimSpecFor(p *pool.Pool, units []pool.Unit, h *sysfs.Host, root sysfs.Root, uid string, opts ...SpecOption) (*cdispec.Spec, error) {
-	if uid == "" || strings.ContainsAny(uid, "/ ") {
-		return nil, fmt.Errorf("claim UID %q cannot name a CDI device", uid)
+	if err := checkClaimUID(uid); err != nil {
+		return nil, err
 	}
 	sub := *p
 	sub.Units = units

@@ -52,8 +52,8 @@ func vhostUserSpec(spec *cdispec.Spec, p *pool.Pool) (*cdispec.Spec, error) {
 // its variable — and, spec-wide, VhostUserEnv(resource) listing the
 // claim's sockets in the container.
 func ClaimVhostUserSpecFor(p *pool.Pool, uid string, allocs []vhostuser.Allocation) (*cdispec.Spec, error) {
-	if uid == "" || strings.ContainsAny(uid, "/ ") {
-		return nil, fmt.Errorf("claim UID %q cannot name a CDI device", uid)
+	if err := checkClaimUID(uid); err != nil {
+		return nil, err
 	}
 	vendor, class, err := KindOf(p.Resource)
 	if err != nil {

@@ -822,7 +822,15 @@ s4_kubelet_restart() {
 	wait_for 60 "allocatable" allocatable_is "$KRES" 2 || errs+=("allocatable $KRES=$(allocatable "$KRES") after the restart, want 2")
 	[[ $(plugin_pod_field .metadata.uid) == "$uid0" && $(plugin_pod_field '.status.containerStatuses[0].restartCount') == "$restarts0" ]] ||
 		errs+=("the plugin pod was restarted or replaced")
-	# A new pod asks for the other device; it starts while s1 is watched.
+	# A new pod asks for the other device; it starts while s1 is watched. It is
+	# created once kubelet has taken its first pod list from the API: a pod in that
+	# first list is admitted before kubelet counts its sources as seen, so the
+	# device of a pod deleted before the restart (s3's, still in kubelet's
+	# checkpoint until the next admission) is not reclaimed and the pod fails with
+	# UnexpectedAdmissionError "Requested: 1, Available: 0" -- kubelet's race
+	# (kubernetes/kubernetes#109595, #133382; README, Troubleshooting),
+	# not the plugin's, which had re-registered in time.
+	wait_for 30 "kubelet's first pod list" kubelet_listed_pods || errs+=("kubelet logged no SyncLoop ADD from the API within 30 s")
 	pod s4 "$KRES=1" || errs+=("kubectl apply of pod s4 failed")
 	sleep 5 # kubelet's first pod sync after the restart
 	[[ $(container_id s1) == "$S1_CID" ]] && pod_running s1 || errs+=("pod s1 was disturbed: $(container_id s1) vs $S1_CID")
@@ -839,6 +847,10 @@ s4_kubelet_restart() {
 		result PASS $n "re-registered ${reg}s after the kubelet restart (registrations $reg0 -> $(metric "sriov_cdi_registrations_total{resource=\"$KRES\"}")); plugin pod and s1 untouched; new pod s4 got $(pod_env s4 "PCIDEVICE_$KENV")"
 	fi
 }
+
+# kubelet_listed_pods: the running kubelet has handled its first pod list from the API
+# (after which its sources are ready and admission reclaims devices of deleted pods).
+kubelet_listed_pods() { grep -q '"SyncLoop ADD" source="api"' "$KUBELET_LOG"; }
 
 registered_again() {
 	local v

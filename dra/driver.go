@@ -39,6 +39,12 @@ type Binder interface {
 	Restore(ctx context.Context, addrs []sysfs.Address) error
 }
 
+// claimedLister is a Binder that records its changes (binding.ForClaim):
+// the functions it bound for claims and should restore with them.
+type claimedLister interface {
+	Claimed() []sysfs.Address
+}
+
 // noBinder is the null Binder: kernel pools only.
 type noBinder struct{}
 
@@ -49,11 +55,6 @@ func (noBinder) Bind(_ context.Context, pc *config.Pool, _ []pool.Unit) ([]sysfs
 	return nil, nil
 }
 func (noBinder) Restore(context.Context, []sysfs.Address) error { return nil }
-
-// sliceSink is where slices go: the helper's PublishResources.
-type sliceSink interface {
-	PublishResources(ctx context.Context, res resourceslice.DriverResources) error
-}
 
 // Options configure a Driver.
 type Options struct {
@@ -88,6 +89,10 @@ type Options struct {
 	HealthResend time.Duration
 	Log          *zap.Logger
 
+	// syncDelay is the resourceslice controller's (default
+	// resourceslice.DefaultSyncDelay); tests shorten it.
+	syncDelay time.Duration
+
 	// helperOptions are added to the helper's (tests: sockets elsewhere).
 	helperOptions []kubeletplugin.Option
 }
@@ -99,13 +104,18 @@ type Driver struct {
 	o      Options
 	log    *zap.Logger
 	helper *kubeletplugin.Helper
-	sink   sliceSink
 	cpPath string
+	// kick wakes the publisher (publisher.go) after Publish; stopPub
+	// stops it and pubDone is closed when it has.
+	kick    chan struct{}
+	stopPub context.CancelFunc
+	pubDone chan struct{}
 
-	mu        sync.Mutex // plan, host, published, health
+	mu        sync.Mutex // plan, host, want, published, health
 	plan      *pool.Plan
 	host      *sysfs.Host
-	published *resourceslice.DriverResources
+	want      *resourceslice.DriverResources // the newest resources
+	published *resourceslice.DriverResources // what the controller holds
 	health    []kubeletplugin.DeviceHealth
 	changed   chan struct{} // closed and replaced when health changes
 
@@ -119,8 +129,9 @@ type Driver struct {
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
 
-// Start loads the checkpoint and starts the helper (registration with
-// kubelet, the DRA gRPC service, resource health). Slices are published
+// Start loads the checkpoint, starts the helper (registration with
+// kubelet, the DRA gRPC service, resource health) and the publisher,
+// whose ResourceSlice controller starts meanwhile; slices are published
 // from the first Publish on. Stop it with Stop.
 func Start(ctx context.Context, o Options) (*Driver, error) {
 	d, err := newDriver(o)
@@ -146,11 +157,24 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 			kubeletplugin.CDIDirectory(d.o.CDIDir))
 	}
 	opts = append(opts, o.helperOptions...)
+	// Before kubelet can call: functions bound for a claim that no
+	// checkpointed claim holds go back to their original driver.
+	d.restoreUnclaimed(ctx)
 	h, err := kubeletplugin.Start(ctx, d, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("start DRA kubelet plugin %q: %w", o.DriverName, err)
 	}
-	d.helper, d.sink = h, h
+	d.helper = h
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.stopPub, d.pubDone = cancel, make(chan struct{})
+	p := &publisher{
+		driverName: o.DriverName, nodeName: o.NodeName, client: o.Client, log: d.log,
+		onError: d.HandleError, onPublished: d.setPublished, want: d.wanted, kick: d.kick, syncDelay: d.o.syncDelay,
+	}
+	go func() {
+		defer close(d.pubDone)
+		p.run(pctx)
+	}()
 	d.log.Info("DRA driver started", zap.String("driver", o.DriverName), zap.String("node", o.NodeName),
 		zap.String("pluginDir", d.o.PluginDir), zap.String("registryDir", d.o.RegistryDir), zap.Bool("taints", o.Taints), zap.Bool("metadata", o.Metadata))
 	return d, nil
@@ -175,11 +199,14 @@ func newDriver(o Options) (*Driver, error) {
 	if o.HealthResend <= 0 {
 		o.HealthResend = 20 * time.Second
 	}
+	if o.syncDelay <= 0 {
+		o.syncDelay = resourceslice.DefaultSyncDelay
+	}
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
 	d := &Driver{o: o, log: o.Log, cpPath: filepath.Join(o.PluginDir, CheckpointFile), changed: make(chan struct{}),
-		vhostReconciled: map[string]bool{}}
+		vhostReconciled: map[string]bool{}, kick: make(chan struct{}, 1)}
 	cp, err := loadCheckpoint(d.cpPath)
 	if err != nil {
 		return nil, err
@@ -188,13 +215,58 @@ func newDriver(o Options) (*Driver, error) {
 	return d, nil
 }
 
-// Stop stops the helper: kubelet sees the plugin go; slices stay (the
-// next process updates them, a node removal deletes them).
-func (d *Driver) Stop() { d.helper.Stop() }
+// restoreUnclaimed restores the functions the Binder bound for claims
+// (with restoreOnRelease) that no claim in the checkpoint holds: a process
+// stopped after the bind and before the checkpoint was saved, and kubelet
+// prepares again (binding anew) or never unprepares that claim.
+func (d *Driver) restoreUnclaimed(ctx context.Context) {
+	cl, ok := d.o.Binder.(claimedLister)
+	if !ok {
+		return
+	}
+	held := map[sysfs.Address]bool{}
+	for _, pc := range d.prepared.Load().Claims {
+		for _, pd := range pc.Devices {
+			for _, a := range pd.Bound {
+				held[a] = true
+			}
+		}
+	}
+	var orphans []sysfs.Address
+	for _, a := range cl.Claimed() {
+		if !held[a] {
+			orphans = append(orphans, a)
+		}
+	}
+	if len(orphans) == 0 {
+		return
+	}
+	names := make([]string, len(orphans))
+	for i, a := range orphans {
+		names[i] = string(a)
+	}
+	if err := d.o.Binder.Restore(ctx, orphans); err != nil {
+		d.log.Error("restore functions bound for a claim no checkpoint holds", zap.Strings("devices", names), zap.Error(err))
+		return
+	}
+	d.log.Info("restored functions bound for a claim no checkpoint holds (the last process stopped between bind and checkpoint)", zap.Strings("devices", names))
+	d.refresh("unclaimed binding restored", orphans)
+}
 
-// Publish implements the Manager's DRAPublisher: it publishes the dra
-// pools of plan when they differ from what was published, and updates the
-// health reports. It does not block on the API server.
+// Stop stops the helper and the publisher: kubelet sees the plugin go;
+// slices stay (the next process updates them, a node removal deletes
+// them).
+func (d *Driver) Stop() {
+	d.helper.Stop()
+	if d.stopPub != nil {
+		d.stopPub()
+		<-d.pubDone
+	}
+}
+
+// Publish implements the Manager's DRAPublisher: it hands the dra pools
+// of plan to the publisher when they differ from the newest it has, and
+// updates the health reports. It never blocks on the API server.
 func (d *Driver) Publish(plan *pool.Plan, h *sysfs.Host) {
 	d.reconcileVhostUser(plan)
 	extra := groupChanged(d.prepared.Load(), plan)
@@ -202,22 +274,35 @@ func (d *Driver) Publish(plan *pool.Plan, h *sysfs.Host) {
 	health := HealthOf(plan, extra, time.Now())
 	d.mu.Lock()
 	d.plan, d.host = plan, h
-	same := d.published != nil && apiequality.Semantic.DeepEqual(*d.published, res)
+	same := d.want != nil && apiequality.Semantic.DeepEqual(*d.want, res)
+	if !same {
+		d.want = &res
+	}
 	if !healthEqual(d.health, health) {
 		d.health = health
 		close(d.changed)
 		d.changed = make(chan struct{})
 	}
 	d.mu.Unlock()
-	if same || d.sink == nil {
-		return
+	if !same {
+		select {
+		case d.kick <- struct{}{}:
+		default: // the publisher is woken already and reads the newest
+		}
 	}
-	if err := d.sink.PublishResources(context.Background(), res); err != nil {
-		d.log.Error("publish ResourceSlices", zap.Error(err))
-		return
-	}
+}
+
+// wanted is the newest resources (nil before the first Publish).
+func (d *Driver) wanted() *resourceslice.DriverResources {
 	d.mu.Lock()
-	d.published = &res
+	defer d.mu.Unlock()
+	return d.want
+}
+
+// setPublished records what the ResourceSlice controller took.
+func (d *Driver) setPublished(res *resourceslice.DriverResources) {
+	d.mu.Lock()
+	d.published = res
 	d.mu.Unlock()
 	n := 0
 	for _, p := range res.Pools {

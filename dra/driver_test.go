@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/dynamic-resource-allocation/resourceslice"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 
@@ -67,6 +68,13 @@ func newRig(t *testing.T) *rig {
 // temporary directory.
 func newRigWith(t *testing.T, cfg string) *rig {
 	t.Helper()
+	return newRigBefore(t, cfg, nil)
+}
+
+// newRigBefore is newRigWith; before runs before the driver starts (the
+// fake API server's reactors).
+func newRigBefore(t *testing.T, cfg string, before func(*rig)) *rig {
+	t.Helper()
 	r := &rig{dir: t.TempDir(), log: zaptest.NewLogger(t)}
 	host := filepath.Join(r.dir, "host")
 	b := sysfstest.SRIOVNICHost(host, 2, 2)
@@ -93,6 +101,9 @@ func newRigWith(t *testing.T, cfg string) *rig {
 		t.Fatal(err)
 	}
 	r.client = fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1", UID: "node1-uid"}})
+	if before != nil {
+		before(r)
+	}
 	r.start(t)
 	return r
 }
@@ -140,6 +151,23 @@ func (r *rig) replan(t *testing.T) *pool.Plan {
 	plan := pool.Build(r.cfg, h, pool.WithHeld(binding.NewHoldings(filepath.Join(r.dir, "state.json")).Held()))
 	r.drv.Publish(plan, h)
 	return plan
+}
+
+// published waits until the ResourceSlice controller holds the newest
+// resources (a minute at most: a bound on a hang) and returns them.
+func (r *rig) published(t *testing.T) *resourceslice.DriverResources {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		r.drv.mu.Lock()
+		want, pub := r.drv.want, r.drv.published
+		r.drv.mu.Unlock()
+		if want != nil && want == pub {
+			return pub
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the publisher did not hand the newest resources to the controller within a minute")
+		}
+	}
 }
 
 // claim stores an allocated claim in the fake API server.
@@ -341,4 +369,54 @@ func findFile(t *testing.T, dir, suffix string) string {
 		t.Fatalf("no file *%s under %s", suffix, dir)
 	}
 	return found
+}
+
+// A process that stopped after binding a claim's function and before its
+// checkpoint was saved: the next process restores the function to its
+// original driver before kubelet can call (kubelet prepares again, binding
+// anew, or never unprepares that claim).
+func TestStartRestoresFunctionsBoundForNoCheckpointedClaim(t *testing.T) {
+	r := newRig(t)
+	// A claim prepared and checkpointed: its binding stays.
+	kept := r.claim(t, "kept", [2]string{"vfio", "pci-0000-02-00-2"})
+	if e := r.prepare(t, kept).GetError(); e != "" {
+		t.Fatalf("prepare: %s", e)
+	}
+	// The interrupted prepare: bound, never checkpointed.
+	p := r.replan(t).Pool("vfio")
+	u := p.Unit("0000:02:00.1")
+	if u == nil {
+		t.Fatal("no unit 0000:02:00.1 in pool vfio")
+	}
+	if _, err := (binding.ForClaim{M: r.bm}).Bind(context.Background(), p.Config, []pool.Unit{*u}); err != nil {
+		t.Fatal(err)
+	}
+	r.stop()
+	// The next process, with the same state file.
+	var err error
+	if r.bm, err = binding.NewManager(r.root, filepath.Join(r.dir, "state.json"), r.log, binding.WithWriter(r.kernel),
+		binding.WithTimeout(2*time.Second), binding.WithPollInterval(time.Millisecond), binding.WithFault("")); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+	h, err := sysfs.Scan(r.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := h.Device("0000:02:00.1"); d.Driver != "iavf" {
+		t.Errorf("driver of the unclaimed function after the restart = %q, want iavf (its original)", d.Driver)
+	}
+	if d := h.Device("0000:02:00.2"); d.Driver != "vfio-pci" {
+		t.Errorf("driver of the checkpointed claim's function after the restart = %q, want vfio-pci", d.Driver)
+	}
+	var left []sysfs.Address
+	for _, rec := range r.bm.Records() {
+		left = append(left, rec.Address)
+	}
+	if !cmp.Equal(left, []sysfs.Address{"0000:02:00.2"}) {
+		t.Errorf("binding records after the restart: %v, want the checkpointed claim's only", left)
+	}
+	if e := r.unprepare(t, kept); e != "" {
+		t.Errorf("unprepare of the kept claim: %s", e)
+	}
 }

@@ -51,14 +51,12 @@ func TestPrepareVhostUserSlotMountsReconcilesAndUnprepares(t *testing.T) {
 	r := newRigWith(t, strings.ReplaceAll(vhostCfg, "$DIR", dir))
 
 	// Published: one device per slot, named by the slot.
-	r.drv.mu.Lock()
 	var devs []string
-	for _, s := range r.drv.published.Pools["vhu"].Slices {
+	for _, s := range r.published(t).Pools["vhu"].Slices {
 		for _, d := range s.Devices {
 			devs = append(devs, d.Name)
 		}
 	}
-	r.drv.mu.Unlock()
 	if diff := cmp.Diff([]string{"slot-0", "slot-1"}, devs); diff != "" {
 		t.Fatalf("published devices (-want +got):\n%s", diff)
 	}

@@ -54,3 +54,17 @@ func (f ForClaim) Restore(ctx context.Context, addrs []sysfs.Address) error {
 	}
 	return f.M.Restore(ctx, known)
 }
+
+// Claimed returns the functions bound for claims (OriginDRA) whose pool
+// returns them to their original driver on release: the DRA driver
+// restores those no checkpointed claim holds (a process that stopped
+// between the bind and the checkpoint).
+func (f ForClaim) Claimed() []sysfs.Address {
+	var out []sysfs.Address
+	for _, r := range f.M.Records() {
+		if r.Origin == OriginDRA && r.RestoreOnRelease {
+			out = append(out, r.Address)
+		}
+	}
+	return out
+}

@@ -12,11 +12,21 @@
 # peak RSS with Pss_Anon / Pss_File (heap against binary pages). A second run per size points --sysfs-root at the tree itself
 # (no live checks) for comparison. Prints a markdown table.
 #
+# Then the DRA front door: the full binary with the DaemonSet's DRA
+# environment, both pools api: dra, publishing to a real kube-apiserver and
+# etcd started inside the same namespaces (the cluster lab's builds, from
+# its cache; skipped with a message when absent): start -> every device in
+# ResourceSlices, one VF's driver change -> its slice rewritten, and the
+# writes per change. A second table.
+#
 #   SIZES="256 1024"            sizes to run (default 256 1024 4096)
 #   SRIOV_CDI_BIN="/a /b"       measure other builds (default: make build's
 #                               bin/sriov-cdi-dp and bin/sriov-cdi)
 #   MODES="live"                sysfs modes (default live no-live)
 #   START_TIMEOUT=10m           give up on a size whose lists take longer
+#   DRA=0                       leave out the DRA table
+#   E2E_CACHE                   where the cluster lab keeps kube-apiserver
+#                               and etcd (default /var/cache/sriov-cdi-e2e)
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
   echo "bench-host: skipped: needs root (unshare --mount --net, a bind mount over /sys, dummy links)"
@@ -51,5 +61,34 @@ for n in ${SIZES:-256 1024 4096}; do
       unshare --mount --net --fork -- "$work/hostbench" "${args[@]}" || echo "| $(basename "$bin") | $n | — | $mode | failed (see above) |"
       rmdir "$work/$n-$mode" 2>/dev/null || rm -rf "$work/$n-$mode"
     done
+  done
+done
+
+[ "${DRA:-1}" = 1 ] || exit 0
+cache=${E2E_CACHE:-/var/cache/sriov-cdi-e2e}
+apiserver=$(ls -d "$cache"/k8s-v*/kube-apiserver 2>/dev/null | sort -V | tail -n1)
+etcd=$(ls -d "$cache"/etcd-v*/etcd 2>/dev/null | sort -V | tail -n1)
+echo
+if [ -z "$apiserver" ] || [ -z "$etcd" ]; then
+  echo "bench-host: DRA table skipped: no kube-apiserver/etcd in $cache (make e2e-cluster builds them there once)"
+  exit 0
+fi
+full=
+for bin in $bins; do
+  case $(basename "$bin") in sriov-cdi) full=$bin ;; esac
+done
+if [ -z "$full" ]; then
+  echo "bench-host: DRA table skipped: no full sriov-cdi binary among $bins"
+  exit 0
+fi
+echo "DRA: $("$apiserver" --version 2>/dev/null), etcd $("$etcd" --version 2>/dev/null | sed -n 's/^etcd Version: //p')"
+echo
+"$work/hostbench" -dra -header
+for n in ${SIZES:-256 1024 4096}; do
+  for mode in ${MODES:-live no-live}; do
+    args=(-dra -kube-apiserver "$apiserver" -etcd "$etcd" -bin "$full" -vfs "$n" -work "$work/dra-$n-$mode" -start-timeout "${START_TIMEOUT:-10m}")
+    [ "$mode" = no-live ] && args+=(-no-live)
+    unshare --mount --net --fork -- "$work/hostbench" "${args[@]}" || echo "| sriov-cdi | $n | $mode | failed (see above) |"
+    rm -rf "$work/dra-$n-$mode"
   done
 done

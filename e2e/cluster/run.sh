@@ -884,6 +884,7 @@ s5_chaos() {
 	fi
 	k delete pod s1 s4 -n default --wait=true --timeout 60s >/dev/null 2>&1 || true
 	t=$SECONDS
+	cpu_snapshot >"$WORK/cpu-s5-start"
 	RANDOM=12 # the same sequence on every run
 	while ((i < cycles)); do
 		round=$((round + 1))
@@ -918,11 +919,13 @@ s5_chaos() {
 			((RANDOM % 5 == 0)) || continue
 			chaos_disrupt "$round" || break 2
 		done
-		log "s5 round $round: $ROUND_RAN pods ran, $ROUND_REFUSED refused, $((SECONDS - tr))s (delete and create ${tc}s, until settled $((ts - tr - tc))s, restarts and kills $((SECONDS - ts))s)"
+		log "s5 round $round: $ROUND_RAN pods ran, $ROUND_REFUSED refused, $((SECONDS - tr))s (delete and create ${tc}s, until settled $((ts - tr - tc))s, restarts and kills $((SECONDS - ts))s; $(round_breakdown "$round"))"
 	done
 	((${#errs[@]})) || chaos_no_dup "after the last restarts" || true
 	((${#names[@]} == 0)) || api_delete_pods "${names[@]}" || errs+=("deleting the pods of the last round failed: $API_ERR")
 	wait_for 180 "the pods to go" no_pods || errs+=("pods left 180 s after the last round's delete: $(api /api/v1/namespaces/default/pods | jq -r '[.items[].metadata.name] | .[:5] | join(" ")')")
+	cpu_snapshot >"$WORK/cpu-s5-end"
+	log "s5 CPU seconds by process: $(cpu_diff "$WORK/cpu-s5-start" "$WORK/cpu-s5-end")"
 	((slow == 0)) || errs+=("allocatable took more than 10 s to come back after $slow of $((kills + restarts)) restarts")
 	local specs
 	specs=$(ours "$CDI_DIR"/sriov-cdi_* | wc -w)
@@ -987,6 +990,40 @@ round_settled() {
 		jq -r '[.items[].status.phase] | "\(length) \(map(select(. == "Running")) | length) \(map(select(. == "Failed" or . == "Succeeded")) | length)"') || return 1
 	read -r c ROUND_RAN ROUND_REFUSED <<<"$c"
 	((c == $2 && ROUND_RAN + ROUND_REFUSED == $2))
+}
+
+# cpu_snapshot: "busy TICKS" (all CPUs, /proc/stat) and "COMM TICKS" (user +
+# system) per process name, summed; cpu_diff A B: what each long-lived component
+# used between two snapshots, in seconds, and the rest (processes that came and
+# went: runc, shims, the pods) as busy minus those.
+cpu_snapshot() {
+	awk '/^cpu / { print "busy", $2 + $3 + $4 + $7 + $8; exit }' /proc/stat
+	for f in /proc/[0-9]*/stat; do cat "$f" 2>/dev/null; echo; done |
+		awk '{ c = $0; sub(/^[0-9]+ \(/, "", c); n = c; sub(/\).*/, "", n); sub(/^.*\) /, "", c); split(c, f, " ");
+			if (n != "") t[n] += f[12] + f[13] } END { for (n in t) print n, t[n] }'
+}
+
+cpu_diff() {
+	awk -v hz="$(getconf CLK_TCK)" 'NR == FNR { a[$1] = $2; next } { b[$1] = $2 }
+		END { busy = (b["busy"] - a["busy"]) / hz; out = ""; named = 0
+			split("kube-apiserver etcd kubelet containerd kube-scheduler kube-controller sriov-cdi sriov-cdi-dp", names, " ")
+			for (i in names) { n = names[i]; if (!(n in b)) continue; d = (b[n] - a[n]) / hz; if (d < 0) d = b[n] / hz; named += d; out = out sprintf("%s %.0f, ", n, d) }
+			printf "%sother (runc, shims, pods) %.0f of %.0f busy", out, busy - named, busy }' "$1" "$2"
+}
+
+# round_breakdown ROUND: where a round's pods spent their time (API timestamps,
+# 1 s resolution): created -> scheduled and scheduled -> container started,
+# median and maximum.
+round_breakdown() {
+	api "/api/v1/namespaces/default/pods?labelSelector=e2e-chaos-round%3D$1" | jq -r '
+		def t: if . == null then null else fromdateiso8601 end;
+		def med: sort | if length == 0 then "-" else .[(length / 2 | floor)] end;
+		[.items[] | {c: (.metadata.creationTimestamp | t),
+			s: ([.status.conditions[]? | select(.type == "PodScheduled" and .status == "True") | .lastTransitionTime][0] | t),
+			r: (.status.containerStatuses[0].state.running.startedAt | t)}] as $p |
+		[$p[] | select(.s != null) | .s - .c] as $sched |
+		[$p[] | select(.s != null and .r != null) | .r - .s] as $start |
+		"created->scheduled median \($sched | med)s max \($sched | max // "-")s, scheduled->started median \($start | med)s max \($start | max // "-")s"' 2>/dev/null || echo "no breakdown"
 }
 
 round_unsettled() { # round_unsettled ROUND: "name phase reason" of its pods not settled

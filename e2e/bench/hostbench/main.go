@@ -59,16 +59,33 @@ func main() {
 	allocBudget := flag.Duration("alloc-budget", 20*time.Second, "time allowed per Allocate series (at least 3 calls)")
 	flag.DurationVar(&startTimeout, "start-timeout", 10*time.Minute, "give up waiting for every pool's list after this long")
 	printHeader := flag.Bool("header", false, "print the table header and exit")
+	draMode := flag.Bool("dra", false, "measure the DRA front door: the pools get api: dra, published to a real kube-apiserver (-kube-apiserver, -etcd) started in this network namespace")
+	apiserverBin := flag.String("kube-apiserver", "", "the kube-apiserver binary (-dra)")
+	etcdBin := flag.String("etcd", "", "the etcd binary (-dra)")
 	flag.Parse()
 	if *printHeader {
-		fmt.Println(header)
+		if *draMode {
+			fmt.Println(draHeader)
+		} else {
+			fmt.Println(header)
+		}
 		return
 	}
 	if *bin == "" || *work == "" || *vfs%vfsPerPF != 0 || *vfs < 2*vfsPerPF {
 		fmt.Fprintln(os.Stderr, "hostbench: -bin, -work and -vfs (a multiple of 128, at least 256) are required")
 		os.Exit(2)
 	}
-	row, err := run(*bin, *work, *vfs, *noLive, *ticks, *allocBudget)
+	var row string
+	var err error
+	if *draMode {
+		if *apiserverBin == "" || *etcdBin == "" {
+			fmt.Fprintln(os.Stderr, "hostbench: -dra needs -kube-apiserver and -etcd")
+			os.Exit(2)
+		}
+		row, err = runDRA(*bin, *work, *vfs, *noLive, *apiserverBin, *etcdBin)
+	} else {
+		row, err = run(*bin, *work, *vfs, *noLive, *ticks, *allocBudget)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hostbench: %d VFs: %v\n", *vfs, err)
 		os.Exit(1)
@@ -92,37 +109,76 @@ type result struct {
 	startTimedOut, noUpd bool
 }
 
-func run(bin, work string, vfs int, noLive bool, ticks int, allocBudget time.Duration) (string, error) {
+// host is the synthetic host a run measures on.
+type host struct {
+	work, hostDir    string
+	b                *sysfstest.Builder
+	netdevs          []string
+	sysRoot, devRoot string // what the plugin's --sysfs-root / --dev-root get
+}
+
+// setupHost writes the tree of vfs VFs on a tmpfs at work, mounts it over
+// /sys (unless noLive), makes the links and the plugin's directories.
+func setupHost(work string, vfs int, noLive bool) (*host, error) {
 	if err := os.MkdirAll(work, 0o755); err != nil {
-		return "", err
+		return nil, err
 	}
 	// Everything lives on a tmpfs of this mount namespace, like /sys in
 	// memory, and goes away with the namespace.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return "", fmt.Errorf("make mounts private (run inside unshare --mount): %w", err)
+		return nil, fmt.Errorf("make mounts private (run inside unshare --mount): %w", err)
 	}
 	if err := unix.Mount("tmpfs", work, "tmpfs", 0, "mode=755"); err != nil {
-		return "", fmt.Errorf("tmpfs on %q: %w", work, err)
+		return nil, fmt.Errorf("tmpfs on %q: %w", work, err)
 	}
-	hostDir := filepath.Join(work, "host")
-	b, netdevs := buildTree(hostDir, vfs/vfsPerPF)
-	if err := b.Write(); err != nil {
-		return "", fmt.Errorf("write tree: %w", err)
+	h := &host{work: work, hostDir: filepath.Join(work, "host")}
+	h.b, h.netdevs = buildTree(h.hostDir, vfs/vfsPerPF)
+	if err := h.b.Write(); err != nil {
+		return nil, fmt.Errorf("write tree: %w", err)
 	}
-	sysRoot, devRoot := "/sys", "/dev"
+	h.sysRoot, h.devRoot = "/sys", "/dev"
 	if noLive {
-		sysRoot, devRoot = b.Sys(), b.Dev()
-	} else if err := mountHost(work, b.Sys(), b.Dev()); err != nil {
-		return "", err
+		h.sysRoot, h.devRoot = h.b.Sys(), h.b.Dev()
+	} else if err := mountHost(work, h.b.Sys(), h.b.Dev()); err != nil {
+		return nil, err
 	}
-	if err := makeLinks(netdevs); err != nil {
-		return "", err
+	if err := makeLinks(h.netdevs); err != nil {
+		return nil, err
 	}
 	for _, d := range []string{"dp", "cdi", "devinfo", "cfg", "pod-resources"} {
 		if err := os.MkdirAll(filepath.Join(work, d), 0o755); err != nil {
-			return "", err
+			return nil, err
 		}
 	}
+	return h, nil
+}
+
+// daemonSetEnv is the DaemonSet's environment
+// (deployments/helm/sriov-cdi/templates/daemonset.yaml) on host h.
+func (h *host) daemonSetEnv(cfg string) []string {
+	return append(os.Environ(),
+		"SRIOV_CDI_CONFIG="+cfg,
+		"SRIOV_CDI_SYSFS_ROOT="+h.sysRoot,
+		"SRIOV_CDI_DEV_ROOT="+h.devRoot,
+		"SRIOV_CDI_DEVICE_PLUGIN_DIR="+filepath.Join(h.work, "dp"),
+		"SRIOV_CDI_CDI_DIR="+filepath.Join(h.work, "cdi"),
+		"SRIOV_CDI_STATE_FILE="+filepath.Join(h.work, "state.json"),
+		"SRIOV_CDI_POD_RESOURCES_SOCKET="+filepath.Join(h.work, "pod-resources", "kubelet.sock"),
+		"SRIOV_CDI_DEVICE_INFO_DIR="+filepath.Join(h.work, "devinfo"),
+		"SRIOV_CDI_HEALTH_ADDR=:8082",
+		"SRIOV_CDI_RESCAN_INTERVAL="+tick.String(),
+		"SRIOV_CDI_UEVENTS=true",
+		"SRIOV_CDI_LOG_LEVEL=info",
+		"SRIOV_CDI_LOG_FORMAT=json",
+	)
+}
+
+func run(bin, work string, vfs int, noLive bool, ticks int, allocBudget time.Duration) (string, error) {
+	h, err := setupHost(work, vfs, noLive)
+	if err != nil {
+		return "", err
+	}
+	hostDir, b, netdevs := h.hostDir, h.b, h.netdevs
 	cfg := filepath.Join(work, "cfg", "config.yaml")
 	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
 		return "", err
@@ -140,22 +196,7 @@ func run(bin, work string, vfs int, noLive bool, ticks int, allocBudget time.Dur
 	}
 	defer logf.Close()
 	cmd := exec.Command(bin, "plugin")
-	// The DaemonSet's environment (deployments/helm/sriov-cdi/templates/daemonset.yaml).
-	cmd.Env = append(os.Environ(),
-		"SRIOV_CDI_CONFIG="+cfg,
-		"SRIOV_CDI_SYSFS_ROOT="+sysRoot,
-		"SRIOV_CDI_DEV_ROOT="+devRoot,
-		"SRIOV_CDI_DEVICE_PLUGIN_DIR="+dp,
-		"SRIOV_CDI_CDI_DIR="+filepath.Join(work, "cdi"),
-		"SRIOV_CDI_STATE_FILE="+filepath.Join(work, "state.json"),
-		"SRIOV_CDI_POD_RESOURCES_SOCKET="+filepath.Join(work, "pod-resources", "kubelet.sock"),
-		"SRIOV_CDI_DEVICE_INFO_DIR="+filepath.Join(work, "devinfo"),
-		"SRIOV_CDI_HEALTH_ADDR=:8082",
-		"SRIOV_CDI_RESCAN_INTERVAL="+tick.String(),
-		"SRIOV_CDI_UEVENTS=true",
-		"SRIOV_CDI_LOG_LEVEL=info",
-		"SRIOV_CDI_LOG_FORMAT=json",
-	)
+	cmd.Env = h.daemonSetEnv(cfg)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	r := result{vfs: vfs, netdevs: len(netdevs), bin: filepath.Base(bin)}
 	start := time.Now()

@@ -13,7 +13,6 @@ import (
 
 	"go.uber.org/zap"
 	resourceapi "k8s.io/api/resource/v1"
-	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -111,11 +110,18 @@ type Driver struct {
 	stopPub context.CancelFunc
 	pubDone chan struct{}
 
-	mu        sync.Mutex // plan, host, want, published, health
-	plan      *pool.Plan
-	host      *sysfs.Host
-	want      *resourceslice.DriverResources // the newest resources
-	published *resourceslice.DriverResources // what the controller holds
+	mu   sync.Mutex // plan, host, in, seq, want, pubIn, pubSeq, health
+	plan *pool.Plan
+	host *sysfs.Host
+	// in is the inputs of the newest resources, seq counts their changes
+	// (0: none yet); want is those resources until the ResourceSlice
+	// controller has taken them (it keeps a copy; 4,096 devices are
+	// ~20 MB). pubIn and pubSeq are what the controller took.
+	in     Inputs
+	seq    uint64
+	want   *resourceslice.DriverResources
+	pubIn  Inputs
+	pubSeq uint64
 	health    []kubeletplugin.DeviceHealth
 	changed   chan struct{} // closed and replaced when health changes
 
@@ -270,13 +276,15 @@ func (d *Driver) Stop() {
 func (d *Driver) Publish(plan *pool.Plan, h *sysfs.Host) {
 	d.reconcileVhostUser(plan)
 	extra := groupChanged(d.prepared.Load(), plan)
-	res := Resources(plan, h, PublishOptions{Driver: d.o.DriverName, Taints: d.o.Taints, Unhealthy: extra})
+	in := InputsOf(plan, h, PublishOptions{Driver: d.o.DriverName, Taints: d.o.Taints, Unhealthy: extra})
 	health := HealthOf(plan, extra, time.Now())
 	d.mu.Lock()
 	d.plan, d.host = plan, h
-	same := d.want != nil && apiequality.Semantic.DeepEqual(*d.want, res)
+	same := d.seq > 0 && d.in.Equal(in)
 	if !same {
-		d.want = &res
+		res := in.Resources()
+		d.in, d.want = in, &res
+		d.seq++
 	}
 	if !healthEqual(d.health, health) {
 		d.health = health
@@ -292,17 +300,23 @@ func (d *Driver) Publish(plan *pool.Plan, h *sysfs.Host) {
 	}
 }
 
-// wanted is the newest resources (nil before the first Publish).
-func (d *Driver) wanted() *resourceslice.DriverResources {
+// wanted is the newest resources and their number; nil once the
+// controller took them (or before the first Publish).
+func (d *Driver) wanted() (*resourceslice.DriverResources, uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.want
+	return d.want, d.seq
 }
 
-// setPublished records what the ResourceSlice controller took.
-func (d *Driver) setPublished(res *resourceslice.DriverResources) {
+// setPublished records that the ResourceSlice controller took resources
+// number seq; ours go unless newer came meanwhile.
+func (d *Driver) setPublished(res *resourceslice.DriverResources, seq uint64) {
 	d.mu.Lock()
-	d.published = res
+	if d.seq == seq {
+		d.want = nil
+		d.pubIn = d.in
+	}
+	d.pubSeq = seq
 	d.mu.Unlock()
 	n := 0
 	for _, p := range res.Pools {

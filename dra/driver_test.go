@@ -159,10 +159,11 @@ func (r *rig) published(t *testing.T) *resourceslice.DriverResources {
 	t.Helper()
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
 		r.drv.mu.Lock()
-		want, pub := r.drv.want, r.drv.published
+		seq, pub, in := r.drv.seq, r.drv.pubSeq, r.drv.pubIn
 		r.drv.mu.Unlock()
-		if want != nil && want == pub {
-			return pub
+		if seq > 0 && seq == pub {
+			res := in.Resources()
+			return &res
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the publisher did not hand the newest resources to the controller within a minute")

@@ -87,7 +87,62 @@ func (o PublishOptions) perSlice() int {
 // empty, which the API allows. Slices are ordered by bucket, devices by
 // address.
 func Resources(plan *pool.Plan, h *sysfs.Host, o PublishOptions) resourceslice.DriverResources {
-	out := resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{}}
+	return InputsOf(plan, h, o).Resources()
+}
+
+// Inputs is everything Resources reads of a plan, the host and the
+// options, as plain comparable data: equal inputs give equal resources.
+// Publish compares these (~250 bytes a device) instead of building and
+// comparing the resources (~5 KB a device: an attribute is 128 bytes of
+// API struct) on every rescan, and keeps no resources of its own once the
+// ResourceSlice controller has taken them.
+type Inputs struct {
+	driver string
+	taints bool
+	pools  []poolInputs
+}
+
+type poolInputs struct {
+	name string
+	devs []devInputs // sorted by unit ID; unhealthy ones too (their bucket counts)
+}
+
+// devInputs is one device's part of Inputs: what DeviceFor reads.
+type devInputs struct {
+	bucket, name string
+	healthy      bool
+	reason       string
+	vhost        bool
+	pool, mode   string
+	socketMode   string
+	id           string
+	numa         int
+	functions    int
+	hasDevice    bool   // the host has the unit's function
+	pcieRoot     string // "" when its path names no PCI root
+	vendor       string
+	device       string
+	class        string
+	group        string
+	driver       string
+	pf           string
+	vfIndex      int
+	pfNetdev     string
+	pfLinkType   string
+	linkType     string // the function's own netdev's link type
+	rdma         string
+}
+
+// Equal reports whether in and o give the same resources.
+func (in Inputs) Equal(o Inputs) bool {
+	return in.driver == o.driver && in.taints == o.taints && slices.EqualFunc(in.pools, o.pools, func(a, b poolInputs) bool {
+		return a.name == b.name && slices.Equal(a.devs, b.devs)
+	})
+}
+
+// InputsOf reads the inputs of Resources.
+func InputsOf(plan *pool.Plan, h *sysfs.Host, o PublishOptions) Inputs {
+	in := Inputs{driver: o.Driver, taints: o.Taints}
 	for i := range plan.Pools {
 		p := &plan.Pools[i]
 		if p.Config == nil || p.Config.API != config.APIDRA {
@@ -95,39 +150,58 @@ func Resources(plan *pool.Plan, h *sysfs.Host, o PublishOptions) resourceslice.D
 		}
 		units := slices.Clone(p.Units)
 		slices.SortFunc(units, func(a, b pool.Unit) int { return strings.Compare(string(a.ID), string(b.ID)) })
-		var keys []string
-		byKey := map[string][]resourceapi.Device{}
+		pi := poolInputs{name: p.Name, devs: make([]devInputs, len(units))}
 		for j := range units {
 			u := &units[j]
-			k := bucket(u, o.perSlice())
-			if _, ok := byKey[k]; !ok {
-				keys = append(keys, k)
-				byKey[k] = nil
+			di := deviceInputs(p, u, h)
+			di.bucket = bucket(u, o.perSlice())
+			di.healthy, di.reason = u.Healthy, u.Reason
+			if r, bad := o.Unhealthy[u.ID]; bad && di.healthy {
+				di.healthy, di.reason = false, r
 			}
-			healthy, reason := u.Healthy, u.Reason
-			if r, bad := o.Unhealthy[u.ID]; bad && healthy {
-				healthy, reason = false, r
+			pi.devs[j] = di
+		}
+		in.pools = append(in.pools, pi)
+	}
+	return in
+}
+
+// Resources is the DRA resources of the inputs.
+func (in Inputs) Resources() resourceslice.DriverResources {
+	out := resourceslice.DriverResources{Pools: make(map[string]resourceslice.Pool, len(in.pools))}
+	perSlice := MaxDevicesPerSlice
+	if in.taints {
+		perSlice = MaxDevicesPerTaintedSlice
+	}
+	for _, pi := range in.pools {
+		var keys []string
+		byKey := map[string][]resourceapi.Device{}
+		for j := range pi.devs {
+			di := &pi.devs[j]
+			if _, ok := byKey[di.bucket]; !ok {
+				keys = append(keys, di.bucket)
+				byKey[di.bucket] = make([]resourceapi.Device, 0, perSlice)
 			}
-			if !healthy && !o.Taints {
+			if !di.healthy && !in.taints {
 				continue
 			}
-			d := DeviceFor(p, u, h, o.Driver)
-			if !healthy {
-				d.Taints = []resourceapi.DeviceTaint{UnhealthyTaint(o.Driver, reason)}
+			d := di.device_()
+			if !di.healthy {
+				d.Taints = []resourceapi.DeviceTaint{UnhealthyTaint(in.driver, di.reason)}
 			}
-			byKey[k] = append(byKey[k], d)
+			byKey[di.bucket] = append(byKey[di.bucket], d)
 		}
 		slices.Sort(keys)
 		rp := resourceslice.Pool{Slices: make([]resourceslice.Slice, 0, max(len(keys), 1))}
 		for _, k := range keys {
-			rp.Slices = append(rp.Slices, resourceslice.Slice{Devices: byKey[k]})
+			rp.Slices = append(rp.Slices, resourceslice.Slice{Devices: slices.Clip(byKey[k])})
 		}
 		if len(rp.Slices) == 0 {
 			// An empty pool is not "no pool": the driver runs and the
 			// pool has no devices.
 			rp.Slices = append(rp.Slices, resourceslice.Slice{})
 		}
-		out.Pools[p.Name] = rp
+		out.Pools[pi.name] = rp
 	}
 	return out
 }
@@ -164,83 +238,128 @@ func UnhealthyTaint(driver, _ string) resourceapi.DeviceTaint {
 // put while the unit is in use: a vfio pool's driver is vfio-pci (what the
 // container gets), and a VF's own netdev (gone when bound to vfio-pci or
 // moved into a pod) is not published.
-func DeviceFor(p *pool.Pool, u *pool.Unit, h *sysfs.Host, driver string) resourceapi.Device {
+func DeviceFor(p *pool.Pool, u *pool.Unit, h *sysfs.Host) resourceapi.Device {
+	di := deviceInputs(p, u, h)
+	return di.device_()
+}
+
+// deviceInputs reads what the device of unit u of pool p depends on (all
+// but its bucket and health).
+func deviceInputs(p *pool.Pool, u *pool.Unit, h *sysfs.Host) devInputs {
+	di := devInputs{
+		name: PoolDeviceName(p, u.ID), pool: p.Name, mode: string(p.Mode), id: string(u.ID),
+		numa: u.NUMANode, functions: len(u.Members), class: u.Class, group: u.Group, driver: u.Driver,
+		pf: string(u.PF), vfIndex: u.VFIndex,
+	}
 	if p.Mode == config.ModeVhostUser {
-		return vhostUserDevice(p, u)
-	}
-	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
-		deviceattribute.StandardDeviceAttributePCIBusID: str(string(u.ID)),
-		AttrPool:      str(p.Name),
-		AttrMode:      str(string(p.Mode)),
-		AttrNUMANode:  integer(int64(u.NUMANode)),
-		AttrFunctions: integer(int64(len(u.Members))),
-	}
-	if u.NUMANode >= 0 {
-		attrs[deviceattribute.StandardDeviceAttributeNUMANode] = integer(int64(u.NUMANode))
-	}
-	d := h.Device(u.ID)
-	if d != nil {
-		if root, ok := pcieRoot(d.Path); ok {
-			attrs[deviceattribute.StandardDeviceAttributePCIeRoot] = str(root)
+		di.vhost = true
+		if p.Config != nil && p.Config.VhostUser != nil {
+			di.socketMode = string(p.Config.VhostUser.SocketMode)
 		}
-		attrs[AttrVendor] = str(d.Vendor)
-		attrs[AttrDevice] = str(d.Device)
+		return di
 	}
-	if u.Class != "" {
-		attrs[AttrClass] = str(u.Class)
+	if p.Mode == config.ModeVFIO {
+		di.driver = sysfs.VFIODriver
 	}
-	if g, err := strconv.ParseInt(u.Group, 10, 64); err == nil {
-		attrs[AttrIOMMUGroup] = integer(g)
-	}
-	switch {
-	case p.Mode == config.ModeVFIO:
-		attrs[AttrDriver] = str(sysfs.VFIODriver)
-	case u.Driver != "":
-		attrs[AttrDriver] = str(u.Driver)
+	if d := h.Device(u.ID); d != nil {
+		di.hasDevice = true
+		if root, ok := pcieRoot(d.Path); ok {
+			di.pcieRoot = root
+		}
+		di.vendor, di.device = d.Vendor, d.Device
+		if len(d.Netdevs) > 0 {
+			di.linkType = d.Netdevs[0].LinkType
+		}
 	}
 	if u.PF != "" {
-		attrs[AttrPF] = str(string(u.PF))
-		if u.VFIndex >= 0 {
-			attrs[AttrVFIndex] = integer(int64(u.VFIndex))
-		}
 		if pf := h.Device(u.PF); pf != nil && len(pf.Netdevs) > 0 {
-			attrs[AttrPFNetdev] = str(pf.Netdevs[0].Name)
-			if lt := pf.Netdevs[0].LinkType; lt != "" {
-				attrs[AttrLinkType] = str(lt)
+			di.pfNetdev, di.pfLinkType = pf.Netdevs[0].Name, pf.Netdevs[0].LinkType
+		}
+	}
+	if len(u.RDMA) > 0 {
+		di.rdma = u.RDMA[0].Name
+	}
+	return di
+}
+
+// device_ builds the device of di (without taints).
+func (di *devInputs) device_() resourceapi.Device {
+	if di.vhost {
+		return vhostUserDevice(di)
+	}
+	// Sized for every attribute below: a map grown entry by entry keeps
+	// up to twice the room.
+	attrs := make(map[resourceapi.QualifiedName]resourceapi.DeviceAttribute, maxPCIAttributes)
+	attrs[deviceattribute.StandardDeviceAttributePCIBusID] = str(di.id)
+	attrs[AttrPool] = str(di.pool)
+	attrs[AttrMode] = str(di.mode)
+	attrs[AttrNUMANode] = integer(int64(di.numa))
+	attrs[AttrFunctions] = integer(int64(di.functions))
+	if di.numa >= 0 {
+		attrs[deviceattribute.StandardDeviceAttributeNUMANode] = integer(int64(di.numa))
+	}
+	if di.hasDevice {
+		if di.pcieRoot != "" {
+			attrs[deviceattribute.StandardDeviceAttributePCIeRoot] = str(di.pcieRoot)
+		}
+		attrs[AttrVendor] = str(di.vendor)
+		attrs[AttrDevice] = str(di.device)
+	}
+	if di.class != "" {
+		attrs[AttrClass] = str(di.class)
+	}
+	if g, err := strconv.ParseInt(di.group, 10, 64); err == nil {
+		attrs[AttrIOMMUGroup] = integer(g)
+	}
+	if di.driver != "" {
+		attrs[AttrDriver] = str(di.driver)
+	}
+	if di.pf != "" {
+		attrs[AttrPF] = str(di.pf)
+		if di.vfIndex >= 0 {
+			attrs[AttrVFIndex] = integer(int64(di.vfIndex))
+		}
+		if di.pfNetdev != "" {
+			attrs[AttrPFNetdev] = str(di.pfNetdev)
+			if di.pfLinkType != "" {
+				attrs[AttrLinkType] = str(di.pfLinkType)
 			}
 		}
 	}
-	if _, ok := attrs[AttrLinkType]; !ok && d != nil && len(d.Netdevs) > 0 && d.Netdevs[0].LinkType != "" {
-		attrs[AttrLinkType] = str(d.Netdevs[0].LinkType)
+	if _, ok := attrs[AttrLinkType]; !ok && di.linkType != "" {
+		attrs[AttrLinkType] = str(di.linkType)
 	}
-	if len(u.RDMA) > 0 {
-		attrs[AttrRDMA] = str(u.RDMA[0].Name)
+	if di.rdma != "" {
+		attrs[AttrRDMA] = str(di.rdma)
 	}
 	for k, v := range attrs {
 		if v.StringValue != nil && len(*v.StringValue) > resourceapi.DeviceAttributeMaxValueLength {
 			delete(attrs, k) // the API refuses longer values; an attribute is a nicety
 		}
 	}
-	return resourceapi.Device{Name: PoolDeviceName(p, u.ID), Attributes: attrs}
+	return resourceapi.Device{Name: di.name, Attributes: attrs}
 }
 
-// vhostUserDevice is the DRA device of slot u of vhost-user pool p: named
-// by the slot ID, with the pool, the mode, the switch's NUMA node (also as
+// maxPCIAttributes is how many attributes device_ sets at most.
+const maxPCIAttributes = 17
+
+// vhostUserDevice is the DRA device of a vhost-user slot: named by the
+// slot ID, with the pool, the mode, the switch's NUMA node (also as
 // resource.kubernetes.io/numaNode when known) and the socket mode. A slot
 // has no PCI function, so no PCI attributes.
-func vhostUserDevice(p *pool.Pool, u *pool.Unit) resourceapi.Device {
+func vhostUserDevice(di *devInputs) resourceapi.Device {
 	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
-		AttrPool:     str(p.Name),
-		AttrMode:     str(string(p.Mode)),
-		AttrNUMANode: integer(int64(u.NUMANode)),
+		AttrPool:     str(di.pool),
+		AttrMode:     str(di.mode),
+		AttrNUMANode: integer(int64(di.numa)),
 	}
-	if u.NUMANode >= 0 {
-		attrs[deviceattribute.StandardDeviceAttributeNUMANode] = integer(int64(u.NUMANode))
+	if di.numa >= 0 {
+		attrs[deviceattribute.StandardDeviceAttributeNUMANode] = integer(int64(di.numa))
 	}
-	if p.Config != nil && p.Config.VhostUser != nil {
-		attrs[AttrSocketMode] = str(string(p.Config.VhostUser.SocketMode))
+	if di.socketMode != "" {
+		attrs[AttrSocketMode] = str(di.socketMode)
 	}
-	return resourceapi.Device{Name: PoolDeviceName(p, u.ID), Attributes: attrs}
+	return resourceapi.Device{Name: di.name, Attributes: attrs}
 }
 
 // pcieRoot is the PCIe root complex of a function from its canonical sysfs

@@ -92,7 +92,7 @@ func TestDeviceForAttributes(t *testing.T) {
 			if u == nil {
 				t.Fatalf("no unit 0000:02:00.2 in %+v", p.Units)
 			}
-			d := DeviceFor(p, u, h, "example.com")
+			d := DeviceFor(p, u, h)
 			if d.Name != "pci-0000-02-00-2" {
 				t.Errorf("name = %q", d.Name)
 			}

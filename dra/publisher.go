@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/dynamic-resource-allocation/resourceslice"
@@ -31,10 +30,11 @@ type publisher struct {
 	// onError gets the controller's errors (Driver.HandleError, marked
 	// recoverable, as the helper does).
 	onError func(ctx context.Context, err error, msg string)
-	// onPublished is called after the controller took res.
-	onPublished func(res *resourceslice.DriverResources)
-	// want returns the newest resources, nil before the first plan.
-	want func() *resourceslice.DriverResources
+	// onPublished is called after the controller took res, number seq.
+	onPublished func(res *resourceslice.DriverResources, seq uint64)
+	// want returns the newest resources and their number (counting from
+	// 1); nil when the controller has them or before the first plan.
+	want func() (*resourceslice.DriverResources, uint64)
 	// kick wakes the publisher (buffered, 1).
 	kick chan struct{}
 	// syncDelay is the controller's (resourceslice.DefaultSyncDelay).
@@ -76,7 +76,7 @@ func (p *publisher) run(ctx context.Context) {
 	} else {
 		p.log.Info("ResourceSlice controller started", zap.Duration("took", time.Since(t0)))
 	}
-	var pub *resourceslice.DriverResources // what ctl holds; nil: no plan yet
+	var pub uint64 // the number of the resources ctl holds; 0: none yet
 	// The informer listed the old slices during start: stop an idle
 	// controller well before syncDelay has passed since then.
 	idle := time.NewTimer(p.syncDelay/2 - time.Since(t0))
@@ -92,7 +92,7 @@ func (p *publisher) run(ctx context.Context) {
 			}
 			return
 		case <-idle.C:
-			if pub == nil && ctl != nil {
+			if pub == 0 && ctl != nil {
 				p.log.Warn("no plan yet: the idle ResourceSlice controller stops before it would delete the slices published before; it starts again with the first plan",
 					zap.Duration("since", time.Since(t0)))
 				ctl.Stop()
@@ -102,8 +102,8 @@ func (p *publisher) run(ctx context.Context) {
 		case <-p.kick:
 		case <-retry.C:
 		}
-		want := p.want()
-		if want == nil || (pub != nil && apiequality.Semantic.DeepEqual(*pub, *want)) {
+		want, seq := p.want()
+		if want == nil || seq == pub {
 			continue
 		}
 		if ctl == nil {
@@ -119,7 +119,7 @@ func (p *publisher) run(ctx context.Context) {
 		} else {
 			ctl.Update(want)
 		}
-		pub = want
-		p.onPublished(want)
+		pub = seq
+		p.onPublished(want, seq)
 	}
 }

@@ -2,6 +2,7 @@ package dra
 
 import (
 	"context"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sriov-cdi/sriov-cdi/core/pool"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
+	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
 )
 
 // pubRig runs a publisher, as Start does, over the fake API server.
@@ -20,6 +22,7 @@ type pubRig struct {
 	kick      chan struct{}
 	mu        sync.Mutex
 	want, got *resourceslice.DriverResources
+	seq       uint64
 	stop      func()
 }
 
@@ -29,15 +32,15 @@ func newPubRig(t testing.TB, a *apiServer, syncDelay time.Duration) *pubRig {
 	p := &publisher{
 		driverName: "example.com", nodeName: "node1", client: a, log: zaptest.NewLogger(t),
 		onError: func(_ context.Context, err error, msg string) { t.Logf("controller: %s: %v", msg, err) },
-		onPublished: func(res *resourceslice.DriverResources) {
+		onPublished: func(res *resourceslice.DriverResources, _ uint64) {
 			r.mu.Lock()
 			r.got = res
 			r.mu.Unlock()
 		},
-		want: func() *resourceslice.DriverResources {
+		want: func() (*resourceslice.DriverResources, uint64) {
 			r.mu.Lock()
 			defer r.mu.Unlock()
-			return r.want
+			return r.want, r.seq
 		},
 		kick: r.kick, syncDelay: syncDelay,
 	}
@@ -55,6 +58,7 @@ func newPubRig(t testing.TB, a *apiServer, syncDelay time.Duration) *pubRig {
 func (r *pubRig) publish(res *resourceslice.DriverResources) {
 	r.mu.Lock()
 	r.want = res
+	r.seq++
 	r.mu.Unlock()
 	select {
 	case r.kick <- struct{}{}:
@@ -183,5 +187,43 @@ func TestPublishDoesNotWaitForTheAPIServer(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no device published")
+	}
+}
+
+// A rescan that changes nothing the slices show builds no resources and
+// hands nothing on; once the controller took the resources the driver
+// keeps none of its own; a change (a VF losing its driver) is handed on.
+func TestPublishComparesInputsAndKeepsNoCopy(t *testing.T) {
+	r := newRig(t)
+	r.published(t)
+	r.drv.mu.Lock()
+	seq, want := r.drv.seq, r.drv.want
+	r.drv.mu.Unlock()
+	if want != nil {
+		t.Error("the driver still holds the resources the controller took")
+	}
+	r.replan(t)
+	r.drv.mu.Lock()
+	if r.drv.seq != seq || r.drv.want != nil {
+		t.Errorf("an unchanged rescan made resources number %d (was %d), held: %v", r.drv.seq, seq, r.drv.want != nil)
+	}
+	r.drv.mu.Unlock()
+	if err := sysfstest.SetDriver(filepath.Join(r.dir, "host"), "0000:01:00.1", ""); err != nil {
+		t.Fatal(err)
+	}
+	r.replan(t)
+	res := r.published(t)
+	r.drv.mu.Lock()
+	got := r.drv.seq
+	r.drv.mu.Unlock()
+	if got != seq+1 {
+		t.Errorf("after a VF lost its driver: resources number %d, want %d", got, seq+1)
+	}
+	for _, s := range res.Pools["vf"].Slices {
+		for _, d := range s.Devices {
+			if d.Name == "pci-0000-01-00-1" {
+				t.Errorf("%s (no driver: unhealthy, taints off) is still published", d.Name)
+			}
+		}
 	}
 }

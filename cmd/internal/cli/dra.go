@@ -27,6 +27,8 @@ func draFlags() []ucli.Flag {
 		&ucli.StringFlag{Name: "kubelet-plugins-dir", Value: kubeletplugin.KubeletPluginsDir, Usage: "kubelet's plugin directory; the DRA socket, checkpoint and metadata files go to <dir>/<driver>", Sources: ucli.EnvVars("SRIOV_CDI_KUBELET_PLUGINS_DIR")},
 		&ucli.StringFlag{Name: "kubelet-registry-dir", Value: kubeletplugin.KubeletRegistryDir, Usage: "kubelet's plugin registration directory", Sources: ucli.EnvVars("SRIOV_CDI_KUBELET_REGISTRY_DIR")},
 		&ucli.BoolFlag{Name: "dra-device-taints", Usage: "publish unhealthy DRA devices with a NoSchedule taint (the cluster needs the DRADeviceTaints feature gate); off: unhealthy devices are left out of the slices", Sources: ucli.EnvVars("SRIOV_CDI_DRA_DEVICE_TAINTS")},
+		&ucli.Float64Flag{Name: "kube-api-qps", Value: 50, Usage: "API requests per second the DRA driver may make (client-go's default, 5, holds a 4,096-VF node's 33 first slices back 5 s); the API server's priority and fairness still applies", Sources: ucli.EnvVars("SRIOV_CDI_KUBE_API_QPS")},
+		&ucli.IntFlag{Name: "kube-api-burst", Value: 100, Usage: "API requests the DRA driver may make at once above --kube-api-qps", Sources: ucli.EnvVars("SRIOV_CDI_KUBE_API_BURST")},
 		&ucli.BoolFlag{Name: "dra-device-metadata", Value: true, Usage: "write KEP-5304 device metadata files (resource.kubernetes.io/pciBusID, ...) and inject them with each claim (KubeVirt reads them)", Sources: ucli.EnvVars("SRIOV_CDI_DRA_DEVICE_METADATA")},
 	}
 }
@@ -44,6 +46,14 @@ func startDRA(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, trig
 	if err != nil {
 		return nil, fmt.Errorf("DRA pools need the API server: %w (set --kubeconfig, or run in a pod with a service account)", err)
 	}
+	rc.QPS, rc.Burst = float32(cmd.Float64("kube-api-qps")), int(cmd.Int("kube-api-burst"))
+	if rc.QPS <= 0 || rc.Burst <= 0 {
+		return nil, fmt.Errorf("--kube-api-qps and --kube-api-burst must be positive (got %v and %d)", rc.QPS, rc.Burst)
+	}
+	// Protobuf, as kubelet and the scheduler talk: a slice of 128 devices
+	// is ~200 KB of JSON for both sides to encode and decode.
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("DRA pools need the API server: %w", err)

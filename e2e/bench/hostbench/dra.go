@@ -140,6 +140,8 @@ func runDRA(bin, work string, vfs int, noLive bool, apiserverBin, etcdBin string
 		return r.row(noLive), nil
 	}
 	r.startToSlices = at.Sub(start)
+	fmt.Fprintf(os.Stderr, "hostbench: %d VFs: first slice stored %s after start, the last %s after it; CPU meanwhile: plugin %s, %s\n",
+		vfs, ms(w.firstAt().Sub(start)), ms(at.Sub(w.firstAt())), ms(cpuTime(cmd.Process.Pid)), apiCPU())
 
 	if !noLive {
 		// A kernel VF of PF 1 loses and regains its driver (a uevent, as
@@ -176,11 +178,28 @@ func runDRA(bin, work string, vfs int, noLive bool, apiserverBin, etcdBin string
 	return r.row(noLive), nil
 }
 
+// apiCPU is the CPU etcd and kube-apiserver used since they were ready.
+var apiCPU = func() string { return "" }
+
 // startAPI starts etcd and kube-apiserver (token auth, AlwaysAllow, a
 // self-signed serving certificate) in this network namespace and returns
 // a client and a kubeconfig for it.
 func startAPI(work, apiserverBin, etcdBin string) (stop func(), client kubernetes.Interface, kubeconfig string, err error) {
 	var procs []*exec.Cmd
+	cpu0 := map[string]time.Duration{}
+	apiCPU = func() string {
+		out := ""
+		for _, c := range procs {
+			n := filepath.Base(c.Path)
+			out += fmt.Sprintf("%s %s ", n, ms(cpuTime(c.Process.Pid)-cpu0[n]))
+		}
+		return out
+	}
+	defer func() {
+		for _, c := range procs {
+			cpu0[filepath.Base(c.Path)] = cpuTime(c.Process.Pid)
+		}
+	}()
 	stop = func() {
 		for i := len(procs) - 1; i >= 0; i-- {
 			procs[i].Process.Signal(unix.SIGTERM)
@@ -247,7 +266,10 @@ func startAPI(work, apiserverBin, etcdBin string) (stop func(), client kubernete
 		return
 	}
 	rc := &rest.Config{Host: fmt.Sprintf("https://127.0.0.1:%d", apiPort), BearerToken: draToken,
-		TLSClientConfig: rest.TLSClientConfig{Insecure: true}, QPS: 100, Burst: 200}
+		TLSClientConfig: rest.TLSClientConfig{Insecure: true}, QPS: 100, Burst: 200,
+		// Protobuf, as kubelet and the scheduler watch slices.
+		ContentConfig: rest.ContentConfig{ContentType: "application/vnd.kubernetes.protobuf",
+			AcceptContentTypes: "application/vnd.kubernetes.protobuf,application/json"}}
 	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	ready := false
 	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
@@ -293,6 +315,7 @@ type sliceWatch struct {
 	devs   map[string]int
 	events chan struct{}
 	total  chan int // the device total after each event
+	first  time.Time
 }
 
 func watchSlices(ctx context.Context, c kubernetes.Interface) (*sliceWatch, error) {
@@ -308,6 +331,9 @@ func watchSlices(ctx context.Context, c kubernetes.Interface) (*sliceWatch, erro
 				continue
 			}
 			s.mu.Lock()
+			if s.first.IsZero() {
+				s.first = time.Now()
+			}
 			if ev.Type == watch.Deleted {
 				delete(s.devs, sl.Name)
 			} else {
@@ -332,6 +358,12 @@ func watchSlices(ctx context.Context, c kubernetes.Interface) (*sliceWatch, erro
 }
 
 func (s *sliceWatch) stop() { s.w.Stop() }
+
+func (s *sliceWatch) firstAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.first
+}
 
 func (s *sliceWatch) count() (devices, slices int) {
 	s.mu.Lock()

@@ -117,13 +117,13 @@ type Driver struct {
 	// (0: none yet); want is those resources until the ResourceSlice
 	// controller has taken them (it keeps a copy; 4,096 devices are
 	// ~20 MB). pubIn and pubSeq are what the controller took.
-	in     Inputs
-	seq    uint64
-	want   *resourceslice.DriverResources
-	pubIn  Inputs
-	pubSeq uint64
-	health    []kubeletplugin.DeviceHealth
-	changed   chan struct{} // closed and replaced when health changes
+	in      Inputs
+	seq     uint64
+	want    *resourceslice.DriverResources
+	pubIn   Inputs
+	pubSeq  uint64
+	health  []kubeletplugin.DeviceHealth
+	changed chan struct{} // closed and replaced when health changes
 
 	cpMu     sync.Mutex // the checkpoint file; held across a prepare
 	prepared atomic.Pointer[Checkpoint]

@@ -13,7 +13,8 @@ func SRIOVNICHost(dir string, pfs, vfsPerPF int) *Builder {
 	next := func() string { group++; return fmt.Sprint(group) }
 	b.Add(Function{Addr: "0000:00:00.0", Vendor: "8086", Device: "29c0", Class: "060000", NUMA: -1, Group: next()})
 	for i := range pfs {
-		port := fmt.Sprintf("0000:00:%02x.0", i+1)
+		// Root ports 00:01.0-00:01.7, 00:02.0-...: a device number is at most 1f.
+		port := fmt.Sprintf("0000:00:%02x.%d", i/8+1, i%8)
 		b.Add(Function{Addr: port, Vendor: "1b36", Device: "000c", Class: "060400", Driver: "pcieport", NUMA: i % 2, Group: next()})
 		bus := i + 1
 		pf := Function{

@@ -105,15 +105,9 @@ func runDRA(bin, work string, vfs int, noLive bool, apiserverBin, etcdBin string
 			return "", err
 		}
 	}
-	logf, err := os.Create(filepath.Join(work, "plugin.log"))
-	if err != nil {
-		return "", err
-	}
-	defer logf.Close()
-	cmd := exec.Command(bin, "plugin")
 	// The DaemonSet's environment with DRA pools; the API server is
 	// reached through a kubeconfig instead of the pod's service account.
-	cmd.Env = append(h.daemonSetEnv(cfg),
+	env := append(h.daemonSetEnv(cfg),
 		"NODE_NAME="+draNode,
 		"KUBECONFIG="+kubeconfig,
 		"SRIOV_CDI_KUBELET_PLUGINS_DIR="+filepath.Join(work, "plugins"),
@@ -121,16 +115,12 @@ func runDRA(bin, work string, vfs int, noLive bool, apiserverBin, etcdBin string
 		"SRIOV_CDI_DRA_DEVICE_TAINTS=false",
 		"SRIOV_CDI_DRA_DEVICE_METADATA=true",
 	)
-	cmd.Stdout, cmd.Stderr = logf, logf
 	r := draResult{vfs: vfs, bin: filepath.Base(bin)}
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	cmd, start, stopPlugin, err := startPlugin(bin, work, env)
+	if err != nil {
 		return "", err
 	}
-	defer func() {
-		cmd.Process.Signal(unix.SIGTERM)
-		cmd.Wait()
-	}()
+	defer stopPlugin()
 	at, ok := w.waitDevices(vfs, start.Add(startTimeout))
 	r.devices, r.slices = w.count()
 	if !ok {

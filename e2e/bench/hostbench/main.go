@@ -153,6 +153,28 @@ func setupHost(work string, vfs int, noLive bool) (*host, error) {
 	return h, nil
 }
 
+// startPlugin starts `bin plugin` with env, its output in work/plugin.log;
+// stop sends SIGTERM and waits for it.
+func startPlugin(bin, work string, env []string) (cmd *exec.Cmd, start time.Time, stop func(), err error) {
+	logf, err := os.Create(filepath.Join(work, "plugin.log"))
+	if err != nil {
+		return nil, start, nil, err
+	}
+	cmd = exec.Command(bin, "plugin")
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = logf, logf
+	start = time.Now()
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, start, nil, err
+	}
+	return cmd, start, func() {
+		cmd.Process.Signal(unix.SIGTERM)
+		cmd.Wait()
+		logf.Close()
+	}, nil
+}
+
 // daemonSetEnv is the DaemonSet's environment
 // (deployments/helm/sriov-cdi/templates/daemonset.yaml) on host h.
 func (h *host) daemonSetEnv(cfg string) []string {
@@ -190,23 +212,12 @@ func run(bin, work string, vfs int, noLive bool, ticks int, allocBudget time.Dur
 	}
 	defer k.gs.Stop()
 
-	logf, err := os.Create(filepath.Join(work, "plugin.log"))
+	r := result{vfs: vfs, netdevs: len(netdevs), bin: filepath.Base(bin)}
+	cmd, start, stop, err := startPlugin(bin, work, h.daemonSetEnv(cfg))
 	if err != nil {
 		return "", err
 	}
-	defer logf.Close()
-	cmd := exec.Command(bin, "plugin")
-	cmd.Env = h.daemonSetEnv(cfg)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	r := result{vfs: vfs, netdevs: len(netdevs), bin: filepath.Base(bin)}
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	defer func() {
-		cmd.Process.Signal(unix.SIGTERM)
-		cmd.Wait()
-	}()
+	defer stop()
 	want := map[string]int{vfioPool: vfioVFs, kernPool: vfs - vfioVFs}
 	streams, err := k.waitLists(want, start.Add(startTimeout))
 	if err != nil {

@@ -274,10 +274,7 @@ CONF
 # $WORK/logs/containerd.log, pid in CONTAINERD_PID) and waits for its socket.
 run_containerd() {
 	log "starting containerd"
-	# GOMAXPROCS=1 goes to every shim (one Go process per pod) and runc it starts: a
-	# round of 50 pods keeps 50 Go runtimes alive on 2 cores, each else with its own
-	# idle-spinning threads per CPU (E2E_RUNTIME_GOMAXPROCS="" leaves Go's default).
-	GOMAXPROCS=${E2E_RUNTIME_GOMAXPROCS-1} PATH="$CTRD_DIR/bin:$PATH" "$CTRD_DIR/bin/containerd" --config "$1/config.toml" --log-level debug \
+	PATH="$CTRD_DIR/bin:$PATH" "$CTRD_DIR/bin/containerd" --config "$1/config.toml" --log-level debug \
 		>"$WORK/logs/containerd.log" 2>&1 &
 	CONTAINERD_PID=$!
 	wait_for 30 "containerd socket" ctr_ version || fail_setup "containerd did not start"

@@ -1,21 +1,19 @@
 package plugin
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/sriov-cdi/sriov-cdi/internal/procmem"
 	"github.com/sriov-cdi/sriov-cdi/sysfs"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
 )
@@ -248,41 +246,19 @@ func BenchmarkRSS(b *testing.B) {
 	}
 }
 
-// pss returns Pss_Anon and Pss_File of /proc/<pid>/smaps_rollup in KiB.
+// pss returns Pss_Anon and Pss_File of process pid in KiB.
 func pss(b *testing.B, pid int) (anon, file int) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	anon, file, err := procmem.PSS(pid)
 	if err != nil {
 		b.Fatal(err)
-	}
-	for _, l := range strings.Split(string(raw), "\n") {
-		k, v, ok := strings.Cut(l, ":")
-		if !ok {
-			continue
-		}
-		kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-		switch k {
-		case "Pss_Anon":
-			anon = kb
-		case "Pss_File":
-			file = kb
-		}
 	}
 	return anon, file
 }
 
 func vmHWM(b *testing.B, pid int) int {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	kb, err := procmem.HWM(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return kb
-		}
-	}
-	b.Fatal("no VmHWM")
-	return 0
+	return kb
 }

@@ -12,7 +12,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -34,6 +33,7 @@ import (
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/sriov-cdi/sriov-cdi/internal/procmem"
 	"github.com/sriov-cdi/sriov-cdi/sysfs/sysfstest"
 )
 
@@ -525,42 +525,16 @@ func cpuTime(pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
 }
 
+// vmHWM is the peak RSS of pid in KiB (0 when unreadable).
 func vmHWM(pid int) int {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return kb
-		}
-	}
-	return 0
+	kb, _ := procmem.HWM(pid)
+	return kb
 }
 
-// pss returns Pss_Anon and Pss_File of /proc/<pid>/smaps_rollup in KiB
-// (0 when unreadable): anonymous memory against binary pages touched.
+// pss returns Pss_Anon and Pss_File of pid in KiB (0 when unreadable):
+// anonymous memory against binary pages touched.
 func pss(pid int) (anon, file int) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0, 0
-	}
-	for _, l := range strings.Split(string(raw), "\n") {
-		k, v, ok := strings.Cut(l, ":")
-		if !ok {
-			continue
-		}
-		kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-		switch k {
-		case "Pss_Anon":
-			anon = kb
-		case "Pss_File":
-			file = kb
-		}
-	}
+	anon, file, _ = procmem.PSS(pid)
 	return anon, file
 }
 

@@ -110,17 +110,17 @@ type Driver struct {
 	stopPub context.CancelFunc
 	pubDone chan struct{}
 
-	mu   sync.Mutex // plan, host, in, seq, want, pubIn, pubSeq, health
+	mu   sync.Mutex // plan, host, in, seq, want, pubSeq, health
 	plan *pool.Plan
 	host *sysfs.Host
 	// in is the inputs of the newest resources, seq counts their changes
 	// (0: none yet); want is those resources until the ResourceSlice
 	// controller has taken them (it keeps a copy; 4,096 devices are
-	// ~20 MB). pubIn and pubSeq are what the controller took.
+	// ~20 MB). pubSeq is the number the controller took (when it
+	// equals seq, the controller holds the resources of in).
 	in      Inputs
 	seq     uint64
 	want    *resourceslice.DriverResources
-	pubIn   Inputs
 	pubSeq  uint64
 	health  []kubeletplugin.DeviceHealth
 	changed chan struct{} // closed and replaced when health changes
@@ -314,7 +314,6 @@ func (d *Driver) setPublished(res *resourceslice.DriverResources, seq uint64) {
 	d.mu.Lock()
 	if d.seq == seq {
 		d.want = nil
-		d.pubIn = d.in
 	}
 	d.pubSeq = seq
 	d.mu.Unlock()

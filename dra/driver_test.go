@@ -159,7 +159,7 @@ func (r *rig) published(t *testing.T) *resourceslice.DriverResources {
 	t.Helper()
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
 		r.drv.mu.Lock()
-		seq, pub, in := r.drv.seq, r.drv.pubSeq, r.drv.pubIn
+		seq, pub, in := r.drv.seq, r.drv.pubSeq, r.drv.in
 		r.drv.mu.Unlock()
 		if seq > 0 && seq == pub {
 			res := in.Resources()

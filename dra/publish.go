@@ -20,25 +20,27 @@ import (
 // deviceattribute.
 const (
 	AttrPool       resourceapi.QualifiedName = "pool"
-	AttrMode       resourceapi.QualifiedName = "mode"
-	AttrNUMANode   resourceapi.QualifiedName = "numaNode"
 	AttrIOMMUGroup resourceapi.QualifiedName = "iommuGroup"
-	AttrFunctions  resourceapi.QualifiedName = "functions"
-	AttrPF         resourceapi.QualifiedName = "pfPciBusID"
-	AttrPFNetdev   resourceapi.QualifiedName = "pfNetdev"
-	AttrVFIndex    resourceapi.QualifiedName = "vfIndex"
-	AttrVendor     resourceapi.QualifiedName = "vendorID"
-	AttrDevice     resourceapi.QualifiedName = "deviceID"
-	AttrClass      resourceapi.QualifiedName = "class"
-	AttrDriver     resourceapi.QualifiedName = "driver"
-	AttrLinkType   resourceapi.QualifiedName = "linkType"
-	AttrRDMA       resourceapi.QualifiedName = "rdmaDevice"
+	// AttrFunctions is a unit's function count, published only for a
+	// unit of more than one function (a vfio group).
+	AttrFunctions resourceapi.QualifiedName = "functions"
+	AttrPF        resourceapi.QualifiedName = "pfPciBusID"
+	AttrPFNetdev  resourceapi.QualifiedName = "pfNetdev"
+	AttrVFIndex   resourceapi.QualifiedName = "vfIndex"
+	AttrVendor    resourceapi.QualifiedName = "vendorID"
+	AttrDevice    resourceapi.QualifiedName = "deviceID"
+	AttrDriver    resourceapi.QualifiedName = "driver"
+	AttrLinkType  resourceapi.QualifiedName = "linkType"
+	AttrRDMA      resourceapi.QualifiedName = "rdmaDevice"
 	// AttrSocketMode is a vhost-user slot's socket mode (server: the
 	// container creates the socket; client: the switch does).
 	AttrSocketMode resourceapi.QualifiedName = "socketMode"
 	// AttrSocketPath is a prepared slot's socket path in the container
 	// (device metadata only).
 	AttrSocketPath resourceapi.QualifiedName = "socketPath"
+	// AttrMode is a pool's mode (device metadata only: a DeviceClass
+	// selects a pool by AttrPool, and the pool fixes the mode).
+	AttrMode resourceapi.QualifiedName = "mode"
 )
 
 // Per-slice device limits of resource.k8s.io/v1: 128, or 64 when any
@@ -113,7 +115,7 @@ type devInputs struct {
 	healthy      bool
 	reason       string
 	vhost        bool
-	pool, mode   string
+	pool         string
 	socketMode   string
 	id           string
 	numa         int
@@ -122,7 +124,6 @@ type devInputs struct {
 	pcieRoot     string // "" when its path names no PCI root
 	vendor       string
 	device       string
-	class        string
 	group        string
 	driver       string
 	pf           string
@@ -237,7 +238,13 @@ func UnhealthyTaint(driver, _ string) resourceapi.DeviceTaint {
 // reads (resource.kubernetes.io/pciBusID). Attributes are chosen to stay
 // put while the unit is in use: a vfio pool's driver is vfio-pci (what the
 // container gets), and a VF's own netdev (gone when bound to vfio-pci or
-// moved into a pod) is not published.
+// moved into a pod) is not published. Every attribute is paid for on
+// every device by the API server, each watcher and each CEL evaluation
+// (at 4,096 VFs the attribute maps are most of a slice), so none is
+// published twice or where the pool already says it: no own NUMA node
+// beside resource.kubernetes.io/numaNode, no mode (the DeviceClass
+// selects the pool, the pool fixes the mode), no PCI class (vendorID and
+// deviceID say more), and functions only for a unit of several.
 func DeviceFor(p *pool.Pool, u *pool.Unit, h *sysfs.Host) resourceapi.Device {
 	di := deviceInputs(p, u, h)
 	return di.device_()
@@ -247,8 +254,8 @@ func DeviceFor(p *pool.Pool, u *pool.Unit, h *sysfs.Host) resourceapi.Device {
 // but its bucket and health).
 func deviceInputs(p *pool.Pool, u *pool.Unit, h *sysfs.Host) devInputs {
 	di := devInputs{
-		name: PoolDeviceName(p, u.ID), pool: p.Name, mode: string(p.Mode), id: string(u.ID),
-		numa: u.NUMANode, functions: len(u.Members), class: u.Class, group: u.Group, driver: u.Driver,
+		name: PoolDeviceName(p, u.ID), pool: p.Name, id: string(u.ID),
+		numa: u.NUMANode, functions: len(u.Members), group: u.Group, driver: u.Driver,
 		pf: string(u.PF), vfIndex: u.VFIndex,
 	}
 	if p.Mode == config.ModeVhostUser {
@@ -292,9 +299,9 @@ func (di *devInputs) device_() resourceapi.Device {
 	attrs := make(map[resourceapi.QualifiedName]resourceapi.DeviceAttribute, maxPCIAttributes)
 	attrs[deviceattribute.StandardDeviceAttributePCIBusID] = str(di.id)
 	attrs[AttrPool] = str(di.pool)
-	attrs[AttrMode] = str(di.mode)
-	attrs[AttrNUMANode] = integer(int64(di.numa))
-	attrs[AttrFunctions] = integer(int64(di.functions))
+	if di.functions > 1 {
+		attrs[AttrFunctions] = integer(int64(di.functions))
+	}
 	if di.numa >= 0 {
 		attrs[deviceattribute.StandardDeviceAttributeNUMANode] = integer(int64(di.numa))
 	}
@@ -304,9 +311,6 @@ func (di *devInputs) device_() resourceapi.Device {
 		}
 		attrs[AttrVendor] = str(di.vendor)
 		attrs[AttrDevice] = str(di.device)
-	}
-	if di.class != "" {
-		attrs[AttrClass] = str(di.class)
 	}
 	if g, err := strconv.ParseInt(di.group, 10, 64); err == nil {
 		attrs[AttrIOMMUGroup] = integer(g)
@@ -341,17 +345,15 @@ func (di *devInputs) device_() resourceapi.Device {
 }
 
 // maxPCIAttributes is how many attributes device_ sets at most.
-const maxPCIAttributes = 17
+const maxPCIAttributes = 14
 
 // vhostUserDevice is the DRA device of a vhost-user slot: named by the
-// slot ID, with the pool, the mode, the switch's NUMA node (also as
-// resource.kubernetes.io/numaNode when known) and the socket mode. A slot
+// slot ID, with the pool, the switch's NUMA node as
+// resource.kubernetes.io/numaNode (when configured) and the socket mode. A slot
 // has no PCI function, so no PCI attributes.
 func vhostUserDevice(di *devInputs) resourceapi.Device {
 	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
-		AttrPool:     str(di.pool),
-		AttrMode:     str(di.mode),
-		AttrNUMANode: integer(int64(di.numa)),
+		AttrPool: str(di.pool),
 	}
 	if di.numa >= 0 {
 		attrs[deviceattribute.StandardDeviceAttributeNUMANode] = integer(int64(di.numa))

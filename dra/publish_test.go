@@ -68,9 +68,9 @@ func TestDeviceForAttributes(t *testing.T) {
 				deviceattribute.StandardDeviceAttributePCIBusID: str("0000:02:00.2"),
 				deviceattribute.StandardDeviceAttributePCIeRoot: str("pci0000:00"),
 				deviceattribute.StandardDeviceAttributeNUMANode: integer(1),
-				AttrPool: str("vf"), AttrMode: str("kernel"), AttrNUMANode: integer(1), AttrFunctions: integer(1),
+				AttrPool:       str("vf"),
 				AttrIOMMUGroup: integer(9), AttrPF: str("0000:02:00.0"), AttrPFNetdev: str("ens1f0"), AttrVFIndex: integer(1),
-				AttrVendor: str("8086"), AttrDevice: str("154c"), AttrClass: str("020000"), AttrDriver: str("iavf"), AttrLinkType: str("ether"),
+				AttrVendor: str("8086"), AttrDevice: str("154c"), AttrDriver: str("iavf"), AttrLinkType: str("ether"),
 			},
 		},
 		{
@@ -79,9 +79,9 @@ func TestDeviceForAttributes(t *testing.T) {
 				deviceattribute.StandardDeviceAttributePCIBusID: str("0000:02:00.2"),
 				deviceattribute.StandardDeviceAttributePCIeRoot: str("pci0000:00"),
 				deviceattribute.StandardDeviceAttributeNUMANode: integer(1),
-				AttrPool: str("vfio"), AttrMode: str("vfio"), AttrNUMANode: integer(1), AttrFunctions: integer(1),
+				AttrPool:       str("vfio"),
 				AttrIOMMUGroup: integer(9), AttrPF: str("0000:02:00.0"), AttrPFNetdev: str("ens1f0"), AttrVFIndex: integer(1),
-				AttrVendor: str("8086"), AttrDevice: str("154c"), AttrClass: str("020000"), AttrDriver: str("vfio-pci"), AttrLinkType: str("ether"),
+				AttrVendor: str("8086"), AttrDevice: str("154c"), AttrDriver: str("vfio-pci"), AttrLinkType: str("ether"),
 			},
 		},
 	} {
@@ -103,6 +103,42 @@ func TestDeviceForAttributes(t *testing.T) {
 				t.Errorf("%d attributes and capacities, the API allows %d", n, resourceapi.ResourceSliceMaxAttributesAndCapacitiesPerDevice)
 			}
 		})
+	}
+}
+
+// TestDeviceForGroup: a vfio unit of a two-function IOMMU group is one
+// device named by its lowest address, with functions 2 (a single-function
+// unit publishes no functions attribute: see TestDeviceForAttributes).
+func TestDeviceForGroup(t *testing.T) {
+	b := sysfstest.New(filepath.Join(t.TempDir(), "host"))
+	b.AddPF(sysfstest.Function{Addr: "0000:02:00.0", Vendor: "8086", Device: "1572", Driver: "i40e", NUMA: 0, Group: "1", TotalVFs: 2,
+		Netdevs: []sysfstest.Netdev{{Name: "ens1f0", OperState: "up", Carrier: true}}},
+		sysfstest.Function{Addr: "0000:02:00.1", Vendor: "8086", Device: "154c", Driver: "vfio-pci", NUMA: 0, Group: "7"},
+		sysfstest.Function{Addr: "0000:02:00.2", Vendor: "8086", Device: "154c", Driver: "vfio-pci", NUMA: 0, Group: "7"})
+	if err := b.Write(); err != nil {
+		t.Fatal(err)
+	}
+	h, err := sysfs.Scan(sysfs.Root{Sys: b.Sys(), Dev: b.Dev()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Parse("test.yaml", []byte(draVFIO))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pool.Build(c, h).Pool("vfio")
+	if p == nil || len(p.Units) != 1 {
+		t.Fatalf("vfio pool = %+v, want one unit (group 7)", p)
+	}
+	d := DeviceFor(p, &p.Units[0], h)
+	if d.Name != "pci-0000-02-00-1" {
+		t.Errorf("name = %q, want pci-0000-02-00-1", d.Name)
+	}
+	if got, want := d.Attributes[AttrFunctions], integer(2); !cmp.Equal(got, want) {
+		t.Errorf("functions = %v, want 2", got)
+	}
+	if got, want := d.Attributes[AttrIOMMUGroup], integer(7); !cmp.Equal(got, want) {
+		t.Errorf("iommuGroup = %v, want 7", got)
 	}
 }
 
@@ -251,11 +287,11 @@ func TestResourcesVhostUser(t *testing.T) {
 		want         map[resourceapi.QualifiedName]resourceapi.DeviceAttribute
 	}{
 		{"vhu", "slot-129", 2, map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
-			AttrPool: str("vhu"), AttrMode: str("vhost-user"), AttrNUMANode: integer(1), AttrSocketMode: str("client"),
+			AttrPool: str("vhu"), AttrSocketMode: str("client"),
 			deviceattribute.StandardDeviceAttributeNUMANode: integer(1),
 		}},
 		{"vhu-nonuma", "slot-0", 1, map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
-			AttrPool: str("vhu-nonuma"), AttrMode: str("vhost-user"), AttrNUMANode: integer(-1), AttrSocketMode: str("server"),
+			AttrPool: str("vhu-nonuma"), AttrSocketMode: str("server"),
 		}},
 	} {
 		rp := res.Pools[tc.pool]

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2317 # functions run from wait_for
-# The DRA scenarios of the cluster lab (sourced by run.sh; they run after s5, on the
-# same cluster): `helm upgrade` with pools of `api: dra`, ResourceClaimTemplates and
+# The DRA scenarios of the cluster lab (sourced by run.sh; `run.sh --dra`, make e2e-dra,
+# runs them after s1's install, on the same kind of cluster): `helm upgrade` with pools of `api: dra`, ResourceClaimTemplates and
 # pods applied with kubectl, checks against the API server (curl), the CDI directory,
 # the driver's checkpoint and the pods' output.
 
@@ -113,9 +113,9 @@ dra_published() {
 # dra_alloc CLAIM_JSON: "driver pool device" of its first allocation result.
 dra_alloc() { jq -r '.status.allocation.devices.results[0] // {} | "\(.driver) \(.pool) \(.device)"' <<<"$1" 2>/dev/null || true; }
 
-# dra_attr DEVICE ATTR: an attribute of a published device (the driver's domain).
+# dra_attr DEVICE ATTR: an attribute of a published device (ATTR in the driver's domain, or qualified).
 dra_attr() {
-	jq -r --arg d "$1" --arg dom "$DRA_DRIVER" --arg a "$2" '[.items[] | .spec.devices[]? | select(.name == $d) | .attributes[$dom + "/" + $a] // .attributes[$a] | .int // .string] | first // empty' <<<"$DRA_SLICES" 2>/dev/null || true
+	jq -r --arg d "$1" --arg dom "$DRA_DRIVER" --arg a "$2" '[.items[] | .spec.devices[]? | select(.name == $d) | (if ($a | contains("/")) then .attributes[$a] else (.attributes[$dom + "/" + $a] // .attributes[$a]) end) | .int // .string] | first // empty' <<<"$DRA_SLICES" 2>/dev/null || true
 }
 # dra_slice_of DEVICE: the name of the slice that publishes it.
 dra_slice_of() { jq -r --arg d "$1" '[.items[] | select(any(.spec.devices[]?; .name == $d)) | .metadata.name] | first // empty' <<<"$DRA_SLICES"; }
@@ -188,7 +188,7 @@ EOF
 	local addr_a=$DRA_PF_A
 	if ! {
 		dra_rct dra-basic "$DRA_CLASS"
-		dra_rct dra-numa "$DRA_CLASS" "device.attributes[\"$DRA_DRIVER\"].numaNode == 1"
+		dra_rct dra-numa "$DRA_CLASS" "device.attributes[\"resource.kubernetes.io\"].numaNode == 1"
 		dra_rct dra-late "$DRA_CLASS" "device.attributes[\"$DRA_DRIVER\"].pfPciBusID == \"$addr_a\" && device.attributes[\"$DRA_DRIVER\"].vfIndex >= $DRA_LATE_MIN"
 		dra_rct dra-vfio "$DRA_VCLASS" "" 1
 		dra_pod dra-basic dra-basic
@@ -253,7 +253,7 @@ dra2_claim_pod() {
 	fi
 }
 
-# dra3: CEL selectors on the driver's attributes: numaNode == 1 gets a VF of PF B (the
+# dra3: CEL selectors: resource.kubernetes.io/numaNode == 1 gets a VF of PF B (the
 # NUMA node 1 PF); pfPciBusID == PF A && vfIndex >= 150 gets such a VF, from a slice other
 # than the one of PF A's first VFs (a late slice).
 dra3_cel() {
@@ -267,8 +267,8 @@ dra3_cel() {
 		case $p in
 		dra-numa)
 			DRA_NUMA_DEV=$dev
-			[[ $(dra_attr "$dev" numaNode) == 1 && $(dra_attr "$dev" pfPciBusID) == "$DRA_PF_B" ]] ||
-				errs+=("dra-numa got $dev (numaNode $(dra_attr "$dev" numaNode), PF $(dra_attr "$dev" pfPciBusID)), want NUMA node 1 (PF $DRA_PF_B)")
+			[[ $(dra_attr "$dev" resource.kubernetes.io/numaNode) == 1 && $(dra_attr "$dev" pfPciBusID) == "$DRA_PF_B" ]] ||
+				errs+=("dra-numa got $dev (numaNode $(dra_attr "$dev" resource.kubernetes.io/numaNode), PF $(dra_attr "$dev" pfPciBusID)), want NUMA node 1 (PF $DRA_PF_B)")
 			[[ $(pod_env dra-numa "PCIDEVICE_$(env_suffix "$PREFIX/$DRA_POOL")") == "$addr" ]] || errs+=("dra-numa's env does not name $addr")
 			;;
 		dra-late)

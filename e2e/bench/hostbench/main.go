@@ -62,7 +62,15 @@ func main() {
 	draMode := flag.Bool("dra", false, "measure the DRA front door: the pools get api: dra, published to a real kube-apiserver (-kube-apiserver, -etcd) started in this network namespace")
 	apiserverBin := flag.String("kube-apiserver", "", "the kube-apiserver binary (-dra)")
 	etcdBin := flag.String("etcd", "", "the etcd binary (-dra)")
+	watchSlicesMode := flag.Bool("watch-slices", false, "internal (-dra): watch the driver's ResourceSlices and print one line per event")
 	flag.Parse()
+	if *watchSlicesMode {
+		if err := watchSlicesMain(); err != nil {
+			fmt.Fprintf(os.Stderr, "hostbench -watch-slices: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *printHeader {
 		if *draMode {
 			fmt.Println(draHeader)
@@ -523,6 +531,44 @@ func cpuTime(pid int) time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)        // field 14
 	st, _ := strconv.ParseInt(f[12], 10, 64)        // field 15
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+// settle waits until the machine is quiet: all CPUs together less than
+// 10 % busy over half a second, or max has passed. It returns how long
+// it waited and the busy share of the last half second.
+func settle(max time.Duration) (time.Duration, float64) {
+	t0 := time.Now()
+	busy := 1.0
+	for time.Since(t0) < max {
+		b0, a0 := cpuJiffies()
+		time.Sleep(500 * time.Millisecond)
+		b1, a1 := cpuJiffies()
+		if a1 <= a0 {
+			break // no /proc/stat: do not wait
+		}
+		if busy = float64(b1-b0) / float64(a1-a0); busy < 0.10 {
+			break
+		}
+	}
+	return time.Since(t0), busy
+}
+
+// cpuJiffies is /proc/stat's busy and all time, summed over all CPUs.
+func cpuJiffies() (busy, all int64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	for i := 1; i < len(f); i++ {
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		all += v
+		if i != 4 && i != 5 {
+			busy += v
+		}
+	}
+	return busy, all
 }
 
 // vmHWM is the peak RSS of pid in KiB (0 when unreadable).

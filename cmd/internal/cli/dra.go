@@ -5,6 +5,8 @@ package cli
 import (
 	"context"
 	"fmt"
+	"os"
+	"runtime/debug"
 
 	ucli "github.com/urfave/cli/v3"
 	"go.uber.org/zap"
@@ -41,6 +43,17 @@ func startDRA(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, trig
 	cfg, err := config.Load(opts.ConfigPath)
 	if err != nil || !cfg.DRAPools() {
 		return func() {}, nil // NewManager reports a bad config
+	}
+	if os.Getenv("GOGC") == "" {
+		// The DRA front door's heap is mostly the resourceslice
+		// controller's copies of every device (its desired slices, its
+		// informer's, the API server's answers): at the device plugin's
+		// GOGC=25 the collector runs every few slices while they are
+		// published. Go's default instead: 4,096 VFs publish in 1.84 s
+		// rather than 1.96 s (median of 5, hostbench -dra, 2 cores) for
+		// a peak RSS of ~155 MiB rather than ~122 MiB (the chart's limit
+		// is 256 Mi).
+		debug.SetGCPercent(100)
 	}
 	rc, err := clientcmd.BuildConfigFromFlags("", cmd.String("kubeconfig"))
 	if err != nil {

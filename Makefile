@@ -4,7 +4,7 @@ BIN     ?= bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/sriov-cdi/sriov-cdi/cmd/internal/version.Version=$(VERSION)
 
-.PHONY: all build build-full build-dp image test vet fmt-check race fuzz bench bench-host e2e-kernel e2e-nic e2e-kubelet e2e-cluster test-kubelet-client clean
+.PHONY: all build build-full build-dp image test vet fmt-check race fuzz bench bench-host e2e-kernel e2e-nic e2e-kubelet e2e-cluster e2e-dra test-kubelet-client clean
 
 all: build
 
@@ -85,6 +85,10 @@ e2e-kubelet:
 # CNI); the image from `make image` installed with helm, as a user does (e2e/cluster/README.md).
 e2e-cluster:
 	bash e2e/cluster/run.sh
+
+# The DRA scenarios (api: dra pools, ResourceClaims) on the same lab, after s1's install.
+e2e-dra:
+	bash e2e/cluster/run.sh --dra
 
 clean:
 	rm -rf $(BIN)

@@ -22,7 +22,12 @@ import (
 // cfg on it.
 func fixture(t testing.TB, pfs, vfs int, cfg string) (*pool.Plan, *sysfs.Host) {
 	t.Helper()
-	b := sysfstest.SRIOVNICHost(filepath.Join(t.TempDir(), "host"), pfs, vfs)
+	return planOf(t, sysfstest.SRIOVNICHost(filepath.Join(t.TempDir(), "host"), pfs, vfs), cfg)
+}
+
+// planOf writes b and plans cfg over it.
+func planOf(t testing.TB, b *sysfstest.Builder, cfg string) (*pool.Plan, *sysfs.Host) {
+	t.Helper()
 	if err := b.Write(); err != nil {
 		t.Fatal(err)
 	}
@@ -115,18 +120,8 @@ func TestDeviceForGroup(t *testing.T) {
 		Netdevs: []sysfstest.Netdev{{Name: "ens1f0", OperState: "up", Carrier: true}}},
 		sysfstest.Function{Addr: "0000:02:00.1", Vendor: "8086", Device: "154c", Driver: "vfio-pci", NUMA: 0, Group: "7"},
 		sysfstest.Function{Addr: "0000:02:00.2", Vendor: "8086", Device: "154c", Driver: "vfio-pci", NUMA: 0, Group: "7"})
-	if err := b.Write(); err != nil {
-		t.Fatal(err)
-	}
-	h, err := sysfs.Scan(sysfs.Root{Sys: b.Sys(), Dev: b.Dev()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := config.Parse("test.yaml", []byte(draVFIO))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := pool.Build(c, h).Pool("vfio")
+	plan, h := planOf(t, b, draVFIO)
+	p := plan.Pool("vfio")
 	if p == nil || len(p.Units) != 1 {
 		t.Fatalf("vfio pool = %+v, want one unit (group 7)", p)
 	}

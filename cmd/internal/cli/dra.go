@@ -50,9 +50,9 @@ func startDRA(ctx context.Context, cmd *ucli.Command, opts *plugin.Options, trig
 		// informer's, the API server's answers): at the device plugin's
 		// GOGC=25 the collector runs every few slices while they are
 		// published. Go's default instead: 4,096 VFs publish in 1.84 s
-		// rather than 1.96 s (median of 5, hostbench -dra, 2 cores) for
-		// a peak RSS of ~155 MiB rather than ~122 MiB (the chart's limit
-		// is 256 Mi).
+		// rather than 1.96 s (medians of 5 alternating runs, hostbench
+		// -dra, 2 cores) for a peak RSS of ~155 MiB rather than ~122 MiB
+		// (the chart's limit is 256 Mi).
 		debug.SetGCPercent(100)
 	}
 	rc, err := clientcmd.BuildConfigFromFlags("", cmd.String("kubeconfig"))

@@ -3,8 +3,8 @@ package main
 // The DRA front door on the production path: the full binary with the
 // DaemonSet's environment for DRA pools publishes to a real
 // kube-apiserver (and etcd) running in this network namespace; a watch on
-// ResourceSlices (in a child process at nice 10) times start -> every device stored, and one VF's driver
-// change -> the slice rewritten.
+// ResourceSlices (in a child process at nice 10) times start -> every
+// device stored, and one VF's driver change -> the slice rewritten.
 
 import (
 	"bufio"

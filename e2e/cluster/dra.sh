@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2317 # functions run from wait_for
 # The DRA scenarios of the cluster lab (sourced by run.sh; `run.sh --dra`, make e2e-dra,
-# runs them after s1's install, on the same kind of cluster): `helm upgrade` with pools of `api: dra`, ResourceClaimTemplates and
-# pods applied with kubectl, checks against the API server (curl), the CDI directory,
+# runs them after s1's install, on the same kind of cluster): `helm upgrade` with pools of
+# `api: dra`, ResourceClaimTemplates and pods applied with kubectl, checks against the API server (curl), the CDI directory,
 # the driver's checkpoint and the pods' output.
 
 DRA_DRIVER=$PREFIX # the DRA driver: the config's resourcePrefix

@@ -384,9 +384,10 @@ func watchSlices() (*sliceWatch, error) {
 				fmt.Fprintf(os.Stderr, "hostbench: slice watcher: %q: %v\n", lines.Text(), err)
 				continue
 			}
+			at := time.Unix(0, ns)
 			s.mu.Lock()
 			if s.first.IsZero() {
-				s.first = time.Unix(0, ns)
+				s.first = at
 			}
 			if typ == string(watch.Deleted) {
 				delete(s.devs, name)
@@ -398,7 +399,6 @@ func watchSlices() (*sliceWatch, error) {
 				n += d
 			}
 			s.mu.Unlock()
-			at := time.Unix(0, ns)
 			select {
 			case s.events <- at:
 			default:
